@@ -1,1 +1,46 @@
-fn main(){}
+//! The `shop-auth-agent` binary: logging, then the command line.
+
+use std::io::Write;
+
+fn main() {
+    init_logging();
+    let args: Vec<String> = std::env::args().collect();
+    let program = args
+        .first()
+        .map(String::as_str)
+        .unwrap_or("shop-auth-agent");
+    let code = shop_auth_agent::cli::main(program, &args[1..]);
+    std::process::exit(code);
+}
+
+/// Logs to stderr, info by default, `RUST_LOG` respected. Under systemd
+/// (`$JOURNAL_STREAM`) each line carries a syslog priority prefix instead of
+/// a timestamp, so journald files it at the right level.
+fn init_logging() {
+    let mut builder = env_logger::Builder::from_env(
+        env_logger::Env::default()
+            .default_filter_or("info,sled=warn,ureq=warn,ureq_proto=warn,rustls=warn"),
+    );
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.format(|f, record| {
+            let prio = match record.level() {
+                log::Level::Error => 3,
+                log::Level::Warn => 4,
+                log::Level::Info => 6,
+                log::Level::Debug | log::Level::Trace => 7,
+            };
+            writeln!(f, "<{prio}>{}", record.args())
+        });
+    } else {
+        builder.format(|f, record| {
+            writeln!(
+                f,
+                "{} {:<5} {}",
+                f.timestamp_seconds(),
+                record.level(),
+                record.args()
+            )
+        });
+    }
+    builder.target(env_logger::Target::Stderr).init();
+}

@@ -3,7 +3,12 @@ use crate::providers::{Grant, Provider, ProviderError};
 use crate::secret::Secret;
 pub struct MakeLeaps {}
 impl MakeLeaps {
-    pub fn new(_token_url: String, _client_id: String, _client_secret: Secret, _scope: Option<String>) -> MakeLeaps {
+    pub fn new(
+        _token_url: String,
+        _client_id: String,
+        _client_secret: Secret,
+        _scope: Option<String>,
+    ) -> MakeLeaps {
         todo!()
     }
 }

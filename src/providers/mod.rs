@@ -126,8 +126,14 @@ pub enum ClientAuth {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum AutovitGrant {
-    Password { username: String, password: Secret },
-    Partner { partner_code: String, partner_secret: Secret },
+    Password {
+        username: String,
+        password: Secret,
+    },
+    Partner {
+        partner_code: String,
+        partner_secret: Secret,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -4,7 +4,15 @@ use crate::secret::Secret;
 pub struct OAuth2 {}
 impl OAuth2 {
     #[allow(clippy::too_many_arguments)]
-    pub fn new(_token_url: String, _client_id: String, _client_secret: Option<Secret>, _grant: OAuth2Grant, _client_auth: ClientAuth, _scope: Option<String>, _extra: Vec<(String, String)>) -> OAuth2 {
+    pub fn new(
+        _token_url: String,
+        _client_id: String,
+        _client_secret: Option<Secret>,
+        _grant: OAuth2Grant,
+        _client_auth: ClientAuth,
+        _scope: Option<String>,
+        _extra: Vec<(String, String)>,
+    ) -> OAuth2 {
         todo!()
     }
 }

@@ -1,0 +1,156 @@
+//! The daemon put together: store → scheduler → socket server, then the
+//! main thread waits for signals (SIGHUP reloads, SIGTERM/SIGINT stop) and
+//! tells systemd what happens.
+
+use crate::config::{ConfigError, Settings};
+use crate::notify;
+use crate::scheduler::Scheduler;
+use crate::server::{self, Server};
+use crate::store::Store;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use std::fmt;
+use std::sync::Arc;
+
+/// Why the agent could not start (the config was already checked).
+#[derive(Debug)]
+pub enum StartError {
+    /// The socket could not be bound, or a thread not started.
+    Io(String),
+    /// A setting could not be put into effect (e.g. a CA file).
+    Config(String),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Io(m) | StartError::Config(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// A running agent.
+pub struct Agent {
+    scheduler: Arc<Scheduler>,
+    server: Server,
+    settings: Settings,
+    signals: Signals,
+}
+
+impl Agent {
+    /// Opens the store, restores tokens, binds the socket and starts the
+    /// threads. Returns once the socket is bound: ready to serve.
+    pub fn start(settings: Settings) -> Result<Agent, StartError> {
+        // Before the socket exists, so that a SIGTERM sent as soon as it
+        // appears is handled, not fatal.
+        let signals = Signals::new([SIGHUP, SIGINT, SIGTERM])
+            .map_err(|e| StartError::Io(format!("installing signal handlers: {e}")))?;
+        let store = match Store::open_or_recover(&settings.agent.state_dir) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                log::error!("store: {e}; running with tokens in memory only");
+                None
+            }
+        };
+        let store_failed = store.is_none();
+        let scheduler = Scheduler::new(&settings, store).map_err(StartError::Config)?;
+        if store_failed {
+            // STATUS shows it; the message names the directory, no secret.
+            scheduler.set_store_error(format!(
+                "cannot open the store in {}",
+                settings.agent.state_dir.display()
+            ));
+        }
+        let listener = server::bind(&settings.agent).map_err(|e| {
+            StartError::Io(format!("binding {}: {e}", settings.agent.socket.display()))
+        })?;
+        scheduler
+            .spawn()
+            .map_err(|e| StartError::Io(format!("starting the refresh thread: {e}")))?;
+        let server = Server::start(listener, &settings.agent.socket, Arc::clone(&scheduler))
+            .map_err(|e| StartError::Io(format!("starting the socket thread: {e}")))?;
+        log::info!(
+            "listening on {} with {} provider{}",
+            settings.agent.socket.display(),
+            settings.providers.len(),
+            if settings.providers.len() == 1 {
+                ""
+            } else {
+                "s"
+            }
+        );
+        Ok(Agent {
+            scheduler,
+            server,
+            settings,
+            signals,
+        })
+    }
+
+    pub fn scheduler(&self) -> &Arc<Scheduler> {
+        &self.scheduler
+    }
+
+    /// Applies a new config; a refused one leaves the old in force.
+    pub fn reload(&mut self, new: Result<Settings, ConfigError>) {
+        let new = match new {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!("reload refused, the old config stays in force: {e}");
+                self.scheduler.set_config_error(Some(e.to_string()));
+                return;
+            }
+        };
+        if new.agent.socket != self.settings.agent.socket
+            || new.agent.state_dir != self.settings.agent.state_dir
+        {
+            log::warn!("reload: socket and state_dir changes take effect at the next start");
+        }
+        match self.scheduler.reload(&new) {
+            Ok(what) => {
+                log::info!("reloaded: {what}");
+                self.settings = new;
+            }
+            Err(e) => {
+                log::error!("reload refused, the old config stays in force: {e}");
+                self.scheduler.set_config_error(Some(e));
+            }
+        }
+    }
+
+    /// Stops accepting, lets a write in progress finish, flushes the store
+    /// and removes the socket.
+    pub fn stop(self) {
+        notify::stopping();
+        self.server.stop();
+        self.scheduler.shutdown();
+        log::info!("stopped");
+    }
+
+    /// Serves until SIGTERM or SIGINT; on SIGHUP calls `reload_config` and
+    /// applies its result.
+    pub fn run_until_signal(
+        mut self,
+        mut reload_config: impl FnMut() -> Result<Settings, ConfigError>,
+    ) -> Result<(), StartError> {
+        notify::ready(&self.scheduler.summary());
+        while let Some(signal) = self.signals.forever().next() {
+            match signal {
+                SIGHUP => {
+                    log::info!("SIGHUP: reloading the config");
+                    notify::reloading();
+                    self.reload(reload_config());
+                    notify::ready(&self.scheduler.summary());
+                }
+                _ => {
+                    log::info!("signal {signal}: stopping");
+                    break;
+                }
+            }
+        }
+        self.stop();
+        Ok(())
+    }
+}

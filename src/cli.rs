@@ -1,0 +1,472 @@
+//! The command line: parsing arguments, running a command, and the sysexits
+//! exit code it ends with. `--config` and `--socket` may stand before or
+//! after the subcommand.
+
+use crate::agent::{Agent, StartError};
+use crate::client::{Client, ClientError};
+use crate::config;
+use crate::paths;
+use crate::timefmt::{now_unix, parse_timestamp};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// sysexits(3) codes, as PRODUCT.md lists them.
+pub mod exit {
+    pub const OK: i32 = 0;
+    pub const USAGE: i32 = 64;
+    pub const UNAVAILABLE: i32 = 69;
+    pub const SOFTWARE: i32 = 70;
+    pub const OSERR: i32 = 71;
+    pub const CANTCREAT: i32 = 73;
+    pub const TEMPFAIL: i32 = 75;
+    pub const NOPERM: i32 = 77;
+    pub const CONFIG: i32 = 78;
+}
+
+pub const USAGE: &str = "\
+Usage: shop-auth-agent [--config PATH] [--socket PATH] COMMAND
+
+Keeps partner API access tokens fresh and hands them to POS software
+over a Unix socket.
+
+Commands:
+  run                  run the agent in the foreground (what systemd starts)
+  dev                  run the agent on an embedded default with stand-in partners
+  token NAME [--json]  print the current access token of provider NAME
+  status [--json]      show every provider's state
+  refresh NAME|--all   renew now
+  logout NAME          revoke where the partner supports it, forget the tokens
+  check-config         check the config and list every problem
+
+Options:
+  --config PATH   config file (default /etc/shop-auth-agent/config.toml,
+                  or $SHOP_AUTH_AGENT_CONFIG)
+  --socket PATH   agent socket for client commands (default: $SHOP_AUTH_AGENT_SOCKET,
+                  then the config's [agent] socket, then /run/shop-auth-agent/agent.sock)
+  -h, --help      this help
+  -V, --version   the version
+
+Exit codes: 0 ok, 64 usage, 69 agent unreachable, 75 no token now (try later),
+77 permission denied, 78 configuration error.";
+
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Args {
+    config: Option<PathBuf>,
+    socket: Option<PathBuf>,
+    json: bool,
+    all: bool,
+    words: Vec<String>,
+}
+
+fn parse_args(args: &[String]) -> Result<Args, String> {
+    let mut out = Args::default();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_owned())),
+            _ => (arg.as_str(), None),
+        };
+        let mut value = |name: &str| {
+            inline
+                .clone()
+                .or_else(|| it.next().cloned())
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| format!("{name} needs a path"))
+        };
+        match flag {
+            "--config" => out.config = Some(PathBuf::from(value("--config")?)),
+            "--socket" => out.socket = Some(PathBuf::from(value("--socket")?)),
+            "--json" => out.json = true,
+            "--all" => out.all = true,
+            "-h" | "--help" => out.words.insert(0, "help".into()),
+            "-V" | "--version" => out.words.insert(0, "version".into()),
+            f if f.starts_with('-') && f.len() > 1 => return Err(format!("unknown option {f}")),
+            _ => out.words.push(arg.clone()),
+        }
+    }
+    Ok(out)
+}
+
+/// Runs the command line; returns the exit code.
+pub fn main(program: &str, args: &[String]) -> i32 {
+    let args = match parse_args(args) {
+        Ok(a) => a,
+        Err(e) => return usage_error(&e),
+    };
+    let words: Vec<&str> = args.words.iter().map(String::as_str).collect();
+    match words.as_slice() {
+        ["help", ..] => {
+            println!("{USAGE}");
+            exit::OK
+        }
+        ["version", ..] => {
+            println!("shop-auth-agent {}", env!("CARGO_PKG_VERSION"));
+            exit::OK
+        }
+        ["run"] => run(&args),
+        ["dev"] => crate::dev::run(program),
+        ["check-config"] => check_config(&args),
+        ["token", name] => token(&args, name),
+        ["status"] => status(&args),
+        ["refresh"] if args.all => refresh_all(&args),
+        ["refresh", name] if !args.all => refresh(&args, name),
+        ["logout", name] => logout(&args, name),
+        [] => usage_error("a command is needed"),
+        [cmd, ..] => usage_error(&format!("unknown command or wrong arguments: {cmd}")),
+    }
+}
+
+fn usage_error(message: &str) -> i32 {
+    eprintln!("shop-auth-agent: {message}\n\n{USAGE}");
+    exit::USAGE
+}
+
+fn config_path(args: &Args) -> PathBuf {
+    paths::config_path(args.config.clone(), &paths::process_env)
+}
+
+fn run(args: &Args) -> i32 {
+    let path = config_path(args);
+    let settings = match config::load(&path, &paths::process_env) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("{e}");
+            eprintln!("shop-auth-agent: {e}");
+            return exit::CONFIG;
+        }
+    };
+    let agent = match Agent::start(settings) {
+        Ok(a) => a,
+        Err(e) => {
+            log::error!("cannot start: {e}");
+            return match e {
+                StartError::Config(_) => exit::CONFIG,
+                StartError::Io(_) => exit::OSERR,
+            };
+        }
+    };
+    match agent.run_until_signal(|| config::load(&path, &paths::process_env)) {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            log::error!("{e}");
+            exit::OSERR
+        }
+    }
+}
+
+fn check_config(args: &Args) -> i32 {
+    let path = config_path(args);
+    match config::load(&path, &paths::process_env) {
+        Ok(s) => {
+            let names: Vec<&str> = s.providers.iter().map(|p| p.name.as_str()).collect();
+            println!(
+                "{}: ok, {} provider{}{}{}",
+                path.display(),
+                names.len(),
+                if names.len() == 1 { "" } else { "s" },
+                if names.is_empty() { "" } else { ": " },
+                names.join(", ")
+            );
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            exit::CONFIG
+        }
+    }
+}
+
+/// The socket a client command talks to: `--socket`, then
+/// `$SHOP_AUTH_AGENT_SOCKET`, then the config's `[agent] socket` if the
+/// config is readable, then the default.
+fn socket_path(args: &Args) -> PathBuf {
+    if let Some(s) = args
+        .socket
+        .clone()
+        .or_else(|| paths::process_env(paths::SOCKET_ENV).map(PathBuf::from))
+    {
+        return s;
+    }
+    let from_config = std::fs::read_to_string(config_path(args))
+        .ok()
+        .and_then(|text| text.parse::<toml::Table>().ok())
+        .and_then(|t| t.get("agent")?.get("socket")?.as_str().map(PathBuf::from));
+    from_config.unwrap_or_else(|| PathBuf::from(paths::DEFAULT_SOCKET))
+}
+
+// Long enough for a REFRESH that renews and then logs in, each with a timeout.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn connect(args: &Args) -> Result<Client, i32> {
+    Client::connect(&socket_path(args), CLIENT_TIMEOUT).map_err(client_failure)
+}
+
+fn client_failure(e: ClientError) -> i32 {
+    eprintln!("shop-auth-agent: {e}");
+    match e {
+        ClientError::Unreachable(..) => exit::UNAVAILABLE,
+        ClientError::PermissionDenied(_) => exit::NOPERM,
+        ClientError::Io(_) => exit::UNAVAILABLE,
+        ClientError::BadAnswer(_) => exit::SOFTWARE,
+    }
+}
+
+fn ask(client: &mut Client, request: &str) -> Result<Value, i32> {
+    client.ask(request).map_err(client_failure)
+}
+
+/// The exit code for an `ok:false` answer, after printing its message.
+fn answer_failure(answer: &Value) -> i32 {
+    let code = answer["error"].as_str().unwrap_or("internal");
+    let message = answer["message"].as_str().unwrap_or("");
+    match answer["retry_in"].as_u64() {
+        Some(n) => eprintln!("shop-auth-agent: {code}: {message} (retry in {n}s)"),
+        None => eprintln!("shop-auth-agent: {code}: {message}"),
+    }
+    match code {
+        "unknown_provider" | "bad_request" => exit::USAGE,
+        "forbidden" => exit::NOPERM,
+        "no_token" | "refresh_failed" => exit::TEMPFAIL,
+        _ => exit::SOFTWARE,
+    }
+}
+
+fn one_request(args: &Args, request: &str) -> Result<Value, i32> {
+    let mut client = connect(args)?;
+    let answer = ask(&mut client, request)?;
+    if answer["ok"] == Value::Bool(true) {
+        Ok(answer)
+    } else {
+        Err(answer_failure(&answer))
+    }
+}
+
+fn token(args: &Args, name: &str) -> i32 {
+    match one_request(args, &format!("TOKEN {name}")) {
+        Ok(answer) => {
+            if args.json {
+                println!("{answer}");
+            } else {
+                println!("{}", answer["access_token"].as_str().unwrap_or(""));
+            }
+            exit::OK
+        }
+        Err(code) => code,
+    }
+}
+
+fn refresh(args: &Args, name: &str) -> i32 {
+    match one_request(args, &format!("REFRESH {name}")) {
+        Ok(answer) => {
+            if args.json {
+                println!("{answer}");
+            } else {
+                println!(
+                    "{name}: renewed, expires in {}",
+                    human(answer["expires_in"].as_i64().unwrap_or(0))
+                );
+            }
+            exit::OK
+        }
+        Err(code) => code,
+    }
+}
+
+fn refresh_all(args: &Args) -> i32 {
+    let mut client = match connect(args) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let status = match ask(&mut client, "STATUS") {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let names: Vec<String> = status["providers"]
+        .as_array()
+        .map(|ps| {
+            ps.iter()
+                .filter_map(|p| p["provider"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut failed = false;
+    for name in names {
+        match ask(&mut client, &format!("REFRESH {name}")) {
+            Ok(a) if a["ok"] == Value::Bool(true) => println!(
+                "{name}: renewed, expires in {}",
+                human(a["expires_in"].as_i64().unwrap_or(0))
+            ),
+            Ok(a) => {
+                failed = true;
+                println!(
+                    "{name}: failed: {}",
+                    a["message"].as_str().unwrap_or("unknown error")
+                );
+            }
+            Err(code) => return code,
+        }
+    }
+    if failed {
+        exit::TEMPFAIL
+    } else {
+        exit::OK
+    }
+}
+
+fn logout(args: &Args, name: &str) -> i32 {
+    match one_request(args, &format!("LOGOUT {name}")) {
+        Ok(_) => {
+            println!("{name}: logged out; `refresh {name}` logs in again");
+            exit::OK
+        }
+        Err(code) => code,
+    }
+}
+
+fn status(args: &Args) -> i32 {
+    let answer = match one_request(args, "STATUS") {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    if args.json {
+        println!("{answer}");
+    } else {
+        print!("{}", status_table(&answer, now_unix()));
+    }
+    exit::OK
+}
+
+/// STATUS as a table for people.
+pub fn status_table(answer: &Value, now: i64) -> String {
+    let mut rows = vec![[
+        "PROVIDER".to_owned(),
+        "KIND".to_owned(),
+        "STATE".to_owned(),
+        "EXPIRES IN".to_owned(),
+        "LAST REFRESH".to_owned(),
+        "LAST ERROR".to_owned(),
+    ]];
+    let text = |v: &Value| v.as_str().unwrap_or("-").to_owned();
+    for p in answer["providers"].as_array().into_iter().flatten() {
+        let expires_in = p["expires_at"]
+            .as_str()
+            .and_then(parse_timestamp)
+            .map(|t| {
+                if t > now {
+                    human(t - now)
+                } else {
+                    "expired".to_owned()
+                }
+            })
+            .unwrap_or_else(|| "-".to_owned());
+        let mut error = text(&p["last_error"]);
+        if let Some(n) = p["failures"].as_u64().filter(|&n| n > 0) {
+            error = format!("{error} ({n} failure{})", if n == 1 { "" } else { "s" });
+        }
+        rows.push([
+            text(&p["provider"]),
+            text(&p["kind"]),
+            text(&p["state"]),
+            expires_in,
+            text(&p["last_refresh"]),
+            error,
+        ]);
+    }
+    let mut widths = [0usize; 6];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in &rows {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    if rows.len() == 1 {
+        out.push_str("(no providers configured)\n");
+    }
+    for (key, what) in [
+        ("config_error", "config reload refused"),
+        ("store_error", "store"),
+    ] {
+        if let Some(e) = answer[key].as_str() {
+            out.push_str(&format!("{what}: {e}\n"));
+        }
+    }
+    out
+}
+
+/// "1h 02m", "4m 05s", "12s".
+fn human(secs: i64) -> String {
+    let s = secs.max(0);
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m {:02}s", s / 60, s % 60),
+        _ => format!("{}h {:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// Where a client looks for the agent; exposed for `dev` and tests.
+pub fn default_socket_for(config: Option<&Path>) -> PathBuf {
+    socket_path(&Args {
+        config: config.map(Path::to_path_buf),
+        ..Args::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn global_options_before_or_after_the_command() {
+        let a = parse_args(&words("--config /c.toml token x --socket=/s.sock --json")).unwrap();
+        assert_eq!(a.config, Some(PathBuf::from("/c.toml")));
+        assert_eq!(a.socket, Some(PathBuf::from("/s.sock")));
+        assert!(a.json);
+        assert_eq!(a.words, vec!["token", "x"]);
+        assert!(parse_args(&words("status --bogus")).is_err());
+        assert!(parse_args(&words("status --config")).is_err());
+    }
+
+    #[test]
+    fn usage_errors_exit_64() {
+        assert_eq!(main("x", &words("frobnicate")), exit::USAGE);
+        assert_eq!(main("x", &words("token")), exit::USAGE);
+        assert_eq!(main("x", &words("refresh a --all")), exit::USAGE);
+        assert_eq!(main("x", &[]), exit::USAGE);
+        assert_eq!(main("x", &words("--help")), exit::OK);
+    }
+
+    #[test]
+    fn status_table_lists_providers_without_tokens() {
+        let answer = serde_json::json!({"ok": true, "providers": [
+            {"provider": "invoices", "kind": "makeleaps", "state": "fresh",
+             "expires_at": "1970-01-01T01:00:00Z", "last_refresh": "1970-01-01T00:00:00Z",
+             "last_error": null, "failures": 0, "next_attempt": null},
+            {"provider": "cars", "kind": "carrental", "state": "rejected",
+             "expires_at": null, "last_refresh": null,
+             "last_error": "rejected: HTTP 401", "failures": 3, "next_attempt": null}
+        ]});
+        let t = status_table(&answer, 0);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].starts_with("PROVIDER"));
+        assert!(lines[1].contains("invoices") && lines[1].contains("1h 00m"));
+        assert!(lines[2].contains("rejected: HTTP 401 (3 failures)"));
+        assert_eq!(human(65), "1m 05s");
+    }
+}

@@ -1,0 +1,292 @@
+//! The socket protocol, v1: parsing request lines and formatting answers.
+//! Pure functions; the server does the I/O.
+//!
+//! Wire format (PRODUCT.md is the contract):
+//! - The client writes one request per line: UTF-8, at most 1024 bytes
+//!   including the `\n`, words separated by spaces, the verb case-insensitive:
+//!   `TOKEN name`, `STATUS`, `REFRESH name`, `INVALIDATE name`, `LOGOUT name`,
+//!   `PING`.
+//! - Each request gets exactly one answer line: a JSON object with `"ok"`.
+//!   Success answers carry the verb's fields; failures are
+//!   `{"ok":false,"error":CODE,"message":"…"}` (plus `retry_in` seconds when
+//!   known), CODE one of `bad_request`, `unknown_provider`, `forbidden`,
+//!   `no_token`, `refresh_failed`, `internal`.
+//! - A line longer than 1024 bytes gets `bad_request` and the connection is
+//!   closed; an idle connection is closed after 60 s.
+
+use crate::timefmt::format_rfc3339;
+use crate::token::Token;
+use serde::Serialize;
+
+/// The longest request line, newline included.
+pub const MAX_LINE: usize = 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Token(String),
+    Status,
+    Refresh(String),
+    Invalidate(String),
+    Logout(String),
+    Ping,
+}
+
+impl Request {
+    /// The provider a request is about, if any.
+    pub fn provider(&self) -> Option<&str> {
+        match self {
+            Request::Token(n)
+            | Request::Refresh(n)
+            | Request::Invalidate(n)
+            | Request::Logout(n) => Some(n),
+            Request::Status | Request::Ping => None,
+        }
+    }
+}
+
+/// Parses one request line (without its newline; a trailing `\r` is allowed).
+/// The error is the message for a `bad_request` answer.
+pub fn parse(line: &[u8]) -> Result<Request, String> {
+    let line = std::str::from_utf8(line).map_err(|_| "request is not UTF-8".to_owned())?;
+    let line = line.strip_suffix('\r').unwrap_or(line);
+    let mut words = line.split(' ').filter(|w| !w.is_empty());
+    let verb = words.next().ok_or("empty request")?;
+    let arg = words.next();
+    if words.next().is_some() {
+        return Err("too many words".to_owned());
+    }
+    let name = |arg: Option<&str>| -> Result<String, String> {
+        let name =
+            arg.ok_or_else(|| format!("{} needs a provider name", verb.to_ascii_uppercase()))?;
+        if crate::config::valid_name(name) {
+            Ok(name.to_owned())
+        } else {
+            Err("provider names are 1 to 64 of a-z, 0-9, _ and -".to_owned())
+        }
+    };
+    let none = |arg: Option<&str>, r: Request| match arg {
+        None => Ok(r),
+        Some(_) => Err(format!("{} takes no argument", verb.to_ascii_uppercase())),
+    };
+    match verb.to_ascii_uppercase().as_str() {
+        "TOKEN" => name(arg).map(Request::Token),
+        "REFRESH" => name(arg).map(Request::Refresh),
+        "INVALIDATE" => name(arg).map(Request::Invalidate),
+        "LOGOUT" => name(arg).map(Request::Logout),
+        "STATUS" => none(arg, Request::Status),
+        "PING" => none(arg, Request::Ping),
+        _ => {
+            Err("unknown verb; expected TOKEN, STATUS, REFRESH, INVALIDATE, LOGOUT or PING".into())
+        }
+    }
+}
+
+/// The failure codes a client can branch on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadRequest,
+    UnknownProvider,
+    Forbidden,
+    NoToken,
+    RefreshFailed,
+    Internal,
+}
+
+#[derive(Serialize)]
+struct ErrorAnswer<'a> {
+    ok: bool,
+    error: ErrorCode,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_in: Option<u64>,
+}
+
+pub fn error(code: ErrorCode, message: &str, retry_in: Option<u64>) -> String {
+    to_line(&ErrorAnswer {
+        ok: false,
+        error: code,
+        message,
+        retry_in,
+    })
+}
+
+#[derive(Serialize)]
+struct TokenAnswer<'a> {
+    ok: bool,
+    provider: &'a str,
+    token_type: &'a str,
+    access_token: &'a str,
+    expires_at: String,
+    expires_in: i64,
+    state: &'a str,
+}
+
+/// The TOKEN answer (also what REFRESH and INVALIDATE answer, and what token
+/// files hold). `state` is `fresh` or `renewing`.
+pub fn token(provider: &str, token: &Token, state: &str, now: i64) -> String {
+    to_line(&TokenAnswer {
+        ok: true,
+        provider,
+        token_type: &token.token_type,
+        access_token: token.access.expose(),
+        expires_at: format_rfc3339(token.expires_at),
+        expires_in: token.expires_in(now).max(0),
+        state,
+    })
+}
+
+/// One provider in the STATUS answer: no token values.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProviderStatus {
+    pub provider: String,
+    pub kind: &'static str,
+    pub state: &'static str,
+    #[serde(serialize_with = "time_or_null")]
+    pub expires_at: Option<i64>,
+    #[serde(serialize_with = "time_or_null")]
+    pub last_refresh: Option<i64>,
+    pub last_error: Option<String>,
+    pub failures: u32,
+    #[serde(serialize_with = "time_or_null")]
+    pub next_attempt: Option<i64>,
+}
+
+fn time_or_null<S: serde::Serializer>(t: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.serialize_str(&format_rfc3339(*t)),
+        None => s.serialize_none(),
+    }
+}
+
+#[derive(Serialize)]
+struct StatusAnswer<'a> {
+    ok: bool,
+    providers: &'a [ProviderStatus],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    config_error: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    store_error: Option<&'a str>,
+}
+
+/// STATUS; `config_error` is set while a reloaded config was refused,
+/// `store_error` while tokens cannot be written to disk.
+pub fn status(
+    providers: &[ProviderStatus],
+    config_error: Option<&str>,
+    store_error: Option<&str>,
+) -> String {
+    to_line(&StatusAnswer {
+        ok: true,
+        providers,
+        config_error,
+        store_error,
+    })
+}
+
+pub fn ping() -> String {
+    to_line(&serde_json::json!({"ok": true, "version": env!("CARGO_PKG_VERSION")}))
+}
+
+pub fn logged_out(provider: &str) -> String {
+    to_line(&serde_json::json!({"ok": true, "provider": provider}))
+}
+
+fn to_line<T: Serialize>(value: &T) -> String {
+    // Our answer types hold only strings, numbers and options: cannot fail.
+    serde_json::to_string(value).expect("answers always serialise")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Secret;
+
+    #[test]
+    fn parses_every_verb_case_insensitively() {
+        assert_eq!(
+            parse(b"TOKEN invoices"),
+            Ok(Request::Token("invoices".into()))
+        );
+        assert_eq!(
+            parse(b"token  invoices\r"),
+            Ok(Request::Token("invoices".into()))
+        );
+        assert_eq!(parse(b"Refresh a"), Ok(Request::Refresh("a".into())));
+        assert_eq!(parse(b"INVALIDATE a"), Ok(Request::Invalidate("a".into())));
+        assert_eq!(parse(b"logout a"), Ok(Request::Logout("a".into())));
+        assert_eq!(parse(b"status"), Ok(Request::Status));
+        assert_eq!(parse(b"PING"), Ok(Request::Ping));
+    }
+
+    #[test]
+    fn rejects_bad_lines_with_a_reason() {
+        for bad in [
+            &b""[..],
+            b"   ",
+            b"TOKEN",
+            b"TOKEN a b",
+            b"TOKEN Invoices",
+            b"TOKEN ../etc",
+            b"PING x",
+            b"FETCH a",
+            b"\xff\xfe",
+        ] {
+            assert!(
+                parse(bad).is_err(),
+                "{:?} accepted",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn token_answer_has_the_documented_shape() {
+        let t = Token {
+            access: Secret::new("abc"),
+            refresh: Some(Secret::new("never-shown")),
+            token_type: "Bearer".into(),
+            scope: None,
+            obtained_at: 1_795_000_000,
+            expires_at: 1_795_003_600,
+        };
+        let line = token("invoices", &t, "fresh", 1_795_000_001);
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["ok"], true);
+        assert_eq!(v["provider"], "invoices");
+        assert_eq!(v["token_type"], "Bearer");
+        assert_eq!(v["access_token"], "abc");
+        assert_eq!(v["expires_in"], 3599);
+        assert_eq!(v["state"], "fresh");
+        assert_eq!(v["expires_at"], format_rfc3339(1_795_003_600));
+        assert!(!line.contains("never-shown"));
+        assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn errors_and_status() {
+        let e: serde_json::Value =
+            serde_json::from_str(&error(ErrorCode::NoToken, "none yet", Some(3))).unwrap();
+        assert_eq!(e["ok"], false);
+        assert_eq!(e["error"], "no_token");
+        assert_eq!(e["retry_in"], 3);
+        let s = status(
+            &[ProviderStatus {
+                provider: "a".into(),
+                kind: "makeleaps",
+                state: "none",
+                expires_at: None,
+                last_refresh: Some(0),
+                last_error: None,
+                failures: 0,
+                next_attempt: None,
+            }],
+            None,
+            None,
+        );
+        let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+        assert_eq!(v["providers"][0]["expires_at"], serde_json::Value::Null);
+        assert_eq!(v["providers"][0]["last_refresh"], "1970-01-01T00:00:00Z");
+        assert!(v.get("config_error").is_none());
+    }
+}

@@ -1,0 +1,272 @@
+//! The sled store under the state directory: per provider, the token and its
+//! health survive restarts. One key per provider (`provider/<name>`) holds a
+//! JSON record, so a token and its health change together in one write; each
+//! write is flushed before the caller goes on (and so before a new token is
+//! served). Secrets from the config are never stored.
+
+use crate::token::Token;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+const SCHEMA_KEY: &[u8] = b"schema_version";
+const SCHEMA_VERSION: &[u8] = b"1";
+const PREFIX: &str = "provider/";
+
+/// How a provider has been doing, as shown by STATUS.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Health {
+    /// Unix seconds of the last successful login or renewal.
+    pub last_refresh: Option<i64>,
+    /// Classified message of the last failure, cleared by a success.
+    pub last_error: Option<String>,
+    /// "transient", "rejected" or "bad_response".
+    pub last_error_kind: Option<String>,
+    /// Consecutive failed attempts.
+    pub failures: u32,
+    /// Set by LOGOUT, cleared by REFRESH.
+    pub logged_out: bool,
+}
+
+/// What is kept for one provider.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// `ProviderSettings::identity()` when the token was obtained: a token is
+    /// not reused for another account after the config changed.
+    pub identity: String,
+    pub token: Option<Token>,
+    pub health: Health,
+}
+
+/// A store failure, with what was being done.
+#[derive(Debug)]
+pub struct StoreError {
+    pub context: String,
+    pub source: sled::Error,
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.context, self.source)
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+pub struct Store {
+    db: sled::Db,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (or creates) the database in `<state_dir>/db`. The state
+    /// directory is created 0700 when missing.
+    pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
+        let path = state_dir.join("db");
+        let err = |context: String| move |source| StoreError { context, source };
+        if !state_dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(state_dir)
+                .map_err(|e| StoreError {
+                    context: format!("creating {}", state_dir.display()),
+                    source: sled::Error::Io(e),
+                })?;
+        }
+        let db = sled::Config::new()
+            .path(&path)
+            // Tokens are few and small; keep the page cache and segments small.
+            .cache_capacity(256 * 1024)
+            .segment_size(64 * 1024)
+            // We flush after every change ourselves; no background flusher.
+            .flush_every_ms(None)
+            .open()
+            .map_err(err(format!("opening {}", path.display())))?;
+        let store = Store { db, path };
+        match store
+            .db
+            .get(SCHEMA_KEY)
+            .map_err(err("reading schema version".into()))?
+        {
+            None => {
+                store
+                    .db
+                    .insert(SCHEMA_KEY, SCHEMA_VERSION)
+                    .map_err(err("writing schema version".into()))?;
+                store.flush()?;
+            }
+            Some(v) if v.as_ref() == SCHEMA_VERSION => {}
+            Some(v) => {
+                return Err(StoreError {
+                    context: format!(
+                        "{} has schema version {:?}, this agent knows {:?}",
+                        store.path.display(),
+                        String::from_utf8_lossy(&v),
+                        String::from_utf8_lossy(SCHEMA_VERSION)
+                    ),
+                    source: sled::Error::Unsupported("schema version".into()),
+                })
+            }
+        }
+        Ok(store)
+    }
+
+    /// Opens the store; if it cannot be opened, moves the broken database
+    /// aside and starts a fresh one. `Err` only when even that fails.
+    pub fn open_or_recover(state_dir: &Path) -> Result<Store, StoreError> {
+        match Store::open(state_dir) {
+            Ok(s) => Ok(s),
+            Err(e) => {
+                let db = state_dir.join("db");
+                if !db.exists() {
+                    return Err(e);
+                }
+                let aside = state_dir.join(format!("db.broken-{}", crate::timefmt::now_unix()));
+                log::error!(
+                    "store: {e}; moving it to {} and starting a fresh one",
+                    aside.display()
+                );
+                std::fs::rename(&db, &aside).map_err(|io| StoreError {
+                    context: format!("moving {} aside", db.display()),
+                    source: sled::Error::Io(io),
+                })?;
+                Store::open(state_dir)
+            }
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Every stored record. Unreadable records are skipped with a warning
+    /// (they will be overwritten by the next success).
+    pub fn load_all(&self) -> Result<Vec<(String, Record)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.db.scan_prefix(PREFIX) {
+            let (k, v) = item.map_err(|source| StoreError {
+                context: "reading records".into(),
+                source,
+            })?;
+            let name = String::from_utf8_lossy(&k[PREFIX.len()..]).into_owned();
+            match serde_json::from_slice::<Record>(&v) {
+                Ok(r) => out.push((name, r)),
+                Err(e) => log::warn!("{name}: stored record unreadable ({e}), ignoring it"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes one provider's record and flushes it to disk.
+    pub fn save(&self, name: &str, record: &Record) -> Result<(), StoreError> {
+        let value = serde_json::to_vec(record).expect("a record always serialises");
+        self.db
+            .insert(key(name), value)
+            .map_err(|source| StoreError {
+                context: format!("writing {name}"),
+                source,
+            })?;
+        self.flush()
+    }
+
+    pub fn remove(&self, name: &str) -> Result<(), StoreError> {
+        self.db.remove(key(name)).map_err(|source| StoreError {
+            context: format!("removing {name}"),
+            source,
+        })?;
+        self.flush()
+    }
+
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map(|_| ()).map_err(|source| StoreError {
+            context: format!("flushing {}", self.path.display()),
+            source,
+        })
+    }
+}
+
+fn key(name: &str) -> Vec<u8> {
+    format!("{PREFIX}{name}").into_bytes()
+}
+
+use std::os::unix::fs::DirBuilderExt;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Secret;
+
+    fn tempdir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!("saa-store-{}", crate::rand::hex(12)));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn record() -> Record {
+        Record {
+            identity: "makeleaps https://x abc".into(),
+            token: Some(Token {
+                access: Secret::new("tok"),
+                refresh: Some(Secret::new("ref")),
+                token_type: "Bearer".into(),
+                scope: Some("read".into()),
+                obtained_at: 10,
+                expires_at: 20,
+            }),
+            health: Health {
+                last_refresh: Some(10),
+                failures: 0,
+                ..Health::default()
+            },
+        }
+    }
+
+    #[test]
+    fn records_survive_reopen() {
+        let dir = tempdir();
+        {
+            let s = Store::open(&dir).unwrap();
+            s.save("a", &record()).unwrap();
+            s.save("b", &Record::default()).unwrap();
+            s.remove("b").unwrap();
+        }
+        let s = Store::open(&dir).unwrap();
+        let all = s.load_all().unwrap();
+        assert_eq!(all, vec![("a".to_owned(), record())]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn creates_state_dir_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempdir().join("state");
+        Store::open(&dir).unwrap();
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn a_broken_database_is_moved_aside() {
+        let dir = tempdir();
+        std::fs::create_dir_all(dir.join("db")).unwrap();
+        // Garbage where sled expects its config file.
+        std::fs::write(dir.join("db/conf"), b"\xff\xfe not a sled config").unwrap();
+        std::fs::write(dir.join("db/db"), b"garbage").unwrap();
+        let s = Store::open_or_recover(&dir).unwrap();
+        s.save("a", &record()).unwrap();
+        let moved = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("db.broken-")
+            })
+            .count();
+        assert_eq!(moved, 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
