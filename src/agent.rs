@@ -47,6 +47,12 @@ impl Agent {
         // appears is handled, not fatal.
         let signals = Signals::new([SIGHUP, SIGINT, SIGTERM])
             .map_err(|e| StartError::Io(format!("installing signal handlers: {e}")))?;
+        // Bound first: a second agent on the same socket must stop here,
+        // before it touches the first one's store. Connections wait in the
+        // backlog until the server thread accepts them.
+        let listener = server::bind(&settings.agent).map_err(|e| {
+            StartError::Io(format!("binding {}: {e}", settings.agent.socket.display()))
+        })?;
         let store = match Store::open_or_recover(&settings.agent.state_dir) {
             Ok(s) => Some(s),
             Err(e) => {
@@ -63,9 +69,6 @@ impl Agent {
                 settings.agent.state_dir.display()
             ));
         }
-        let listener = server::bind(&settings.agent).map_err(|e| {
-            StartError::Io(format!("binding {}: {e}", settings.agent.socket.display()))
-        })?;
         scheduler
             .spawn()
             .map_err(|e| StartError::Io(format!("starting the refresh thread: {e}")))?;

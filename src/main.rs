@@ -21,6 +21,12 @@ fn init_logging() {
         env_logger::Env::default()
             .default_filter_or("info,sled=warn,ureq=warn,ureq_proto=warn,rustls=warn"),
     );
+    // The HTTP client's own debug and trace lines describe requests; its
+    // authors redact headers, but we take no chances with bodies: whatever
+    // RUST_LOG says, it logs at info at most.
+    builder
+        .filter_module("ureq", log::LevelFilter::Info)
+        .filter_module("ureq_proto", log::LevelFilter::Info);
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         builder.format(|f, record| {
             let prio = match record.level() {

@@ -55,7 +55,6 @@ struct Slot {
     /// Wall-clock second at which the current token is due for renewal.
     refresh_at: Option<i64>,
     next_attempt: Option<Instant>,
-    next_attempt_wall: Option<i64>,
     in_flight: bool,
     started: u64,
     finished: u64,
@@ -644,7 +643,6 @@ impl Table {
             health: Health::default(),
             refresh_at: None,
             next_attempt: None,
-            next_attempt_wall: None,
             in_flight: false,
             started: 0,
             finished: 0,
@@ -691,12 +689,11 @@ impl Slot {
     fn plan_initial(&mut self, now: i64) {
         if self.health.logged_out {
             self.next_attempt = None;
-            self.next_attempt_wall = None;
             return;
         }
         match self.token.clone().filter(|t| t.is_valid(now)) {
             Some(t) => self.plan_renewal(&t, now),
-            None => self.plan_in(Duration::from_secs_f64(rand::unit()), now),
+            None => self.plan_in(Duration::from_secs_f64(rand::unit())),
         }
     }
 
@@ -708,12 +705,11 @@ impl Slot {
         } else {
             Duration::from_secs_f64(rand::unit())
         };
-        self.plan_in(delay, now);
+        self.plan_in(delay);
     }
 
-    fn plan_in(&mut self, delay: Duration, now: i64) {
+    fn plan_in(&mut self, delay: Duration) {
         self.next_attempt = Some(Instant::now() + delay);
-        self.next_attempt_wall = Some(now + delay.as_secs_f64().ceil() as i64);
     }
 
     fn start(&mut self, name: &str) -> Job {
@@ -758,7 +754,6 @@ impl Slot {
             Ok(()) if self.health.logged_out => {
                 self.refresh_at = None;
                 self.next_attempt = None;
-                self.next_attempt_wall = None;
                 self.last_outcome = Some(Ok(()));
             }
             Ok(()) => {
@@ -779,7 +774,7 @@ impl Slot {
                         rand::unit(),
                     ),
                 };
-                self.plan_in(delay, now);
+                self.plan_in(delay);
                 self.last_outcome = Some(Err((e.to_string(), Some(delay.as_secs().max(1)))));
             }
         }
@@ -825,13 +820,8 @@ impl Slot {
         let next_attempt = if self.in_flight {
             Some(now)
         } else {
-            self.next_attempt.and(self.next_attempt_wall).map(|_| {
-                let left = self
-                    .next_attempt
-                    .map(|t| t.saturating_duration_since(clock).as_secs_f64().ceil() as i64)
-                    .unwrap_or(0);
-                now + left
-            })
+            self.next_attempt
+                .map(|t| now + t.saturating_duration_since(clock).as_secs_f64().ceil() as i64)
         };
         ProviderStatus {
             provider: name.to_owned(),

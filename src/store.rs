@@ -53,6 +53,26 @@ impl fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {}
 
+impl StoreError {
+    /// Whether the database itself looks damaged (worth moving aside), as
+    /// opposed to locked by another process, unreadable for permissions,
+    /// or written by a newer agent — which a fresh database would not fix
+    /// or would wrongly discard.
+    pub fn is_damage(&self) -> bool {
+        match &self.source {
+            sled::Error::Corruption { .. } | sled::Error::ReportableBug(_) => true,
+            sled::Error::Unsupported(what) => what != SCHEMA_ERROR,
+            sled::Error::Io(e) => matches!(
+                e.kind(),
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+            ),
+            _ => false,
+        }
+    }
+}
+
+const SCHEMA_ERROR: &str = "schema version";
+
 pub struct Store {
     db: sled::Db,
     path: PathBuf,
@@ -105,7 +125,7 @@ impl Store {
                         String::from_utf8_lossy(&v),
                         String::from_utf8_lossy(SCHEMA_VERSION)
                     ),
-                    source: sled::Error::Unsupported("schema version".into()),
+                    source: sled::Error::Unsupported(SCHEMA_ERROR.into()),
                 })
             }
         }
@@ -117,7 +137,7 @@ impl Store {
     pub fn open_or_recover(state_dir: &Path) -> Result<Store, StoreError> {
         match Store::open(state_dir) {
             Ok(s) => Ok(s),
-            Err(e) => {
+            Err(e) if e.is_damage() => {
                 let db = state_dir.join("db");
                 if !db.exists() {
                     return Err(e);
@@ -133,6 +153,7 @@ impl Store {
                 })?;
                 Store::open(state_dir)
             }
+            Err(e) => Err(e),
         }
     }
 

@@ -1,0 +1,261 @@
+//! The command line as scripts and integrators use it: exit codes, output,
+//! config checking, dev mode, and access control by uid.
+
+use crate::util::*;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+#[test]
+fn check_config_lists_every_problem_and_exits_78() {
+    let dir = TempDir::new("badcfg");
+    let path = write_config(
+        &dir,
+        r#"
+[agent]
+socket_mode = "999"
+colour = "blue"
+
+[defaults]
+timeout = "soon"
+
+[providers.invoices]
+kind = "makeleaps"
+client_secret = { file = "/nonexistent/secret" }
+
+[providers.cars]
+kind = "carrental"
+url = "http://partner.example/authtoken"
+username = "u"
+password = "p"
+allow_groups = ["no-such-group-xq"]
+"#,
+    );
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(exit_code(&out), 78);
+    let err = stderr(&out);
+    for expected in [
+        "agent.socket_mode",
+        "agent.colour: unknown key",
+        "defaults.timeout",
+        "providers.invoices.client_id: is required",
+        "providers.invoices.client_secret: file /nonexistent/secret not readable",
+        "providers.cars.url",
+        "providers.cars.allow_groups[0]: no group",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+    // `run` refuses the same config with the same code.
+    let out = Command::new(BIN)
+        .arg("run")
+        .arg(format!("--config={}", path.display()))
+        .output()
+        .unwrap();
+    assert_eq!(exit_code(&out), 78);
+    assert!(stderr(&out).contains("providers.invoices.client_id"));
+}
+
+#[test]
+fn world_readable_config_with_inline_secret_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("readable");
+    let partners = standin();
+    let path = write_config(&dir, &config_text(&dir, "", &partners.providers_toml()));
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(exit_code(&out), 78);
+    let err = stderr(&out);
+    assert!(
+        err.contains("providers.makeleaps.client_secret: an inline secret"),
+        "{err}"
+    );
+    // The secret itself is never printed.
+    assert!(!err.contains(shop_auth_agent::standin::creds::MAKELEAPS_CLIENT_SECRET));
+    // 0640 is fine (root:shop-auth-agent in the .deb).
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(exit_code(&out), 0, "{}", stderr(&out));
+    assert!(stdout(&out).contains("6 providers"));
+}
+
+#[test]
+fn client_commands_and_their_exit_codes() {
+    let dir = TempDir::new("cli");
+    let partners = standin();
+    write_config(&dir, &config_text(&dir, "", &partners.providers_toml()));
+    let agent = Agent::start(&dir);
+    let expected = agent.wait_token("makeleaps")["access_token"].clone();
+
+    let out = agent.cli(&["token", "makeleaps"]);
+    assert_eq!(exit_code(&out), 0, "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim_end(), expected.as_str().unwrap());
+
+    // Options after the subcommand, and --socket instead of the environment.
+    let out = Command::new(BIN)
+        .args(["token", "makeleaps", "--json", "--socket"])
+        .arg(&agent.socket)
+        .env_remove("SHOP_AUTH_AGENT_SOCKET")
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(v["access_token"], expected);
+
+    // The socket from the config, when no flag or variable says otherwise.
+    let out = Command::new(BIN)
+        .args(["token", "makeleaps", "--config"])
+        .arg(&agent.config)
+        .env_remove("SHOP_AUTH_AGENT_SOCKET")
+        .output()
+        .unwrap();
+    assert_eq!(exit_code(&out), 0, "{}", stderr(&out));
+
+    let out = agent.cli(&["token", "nosuch"]);
+    assert_eq!(exit_code(&out), 64);
+    assert!(stderr(&out).contains("unknown_provider"));
+
+    let out = agent.cli(&["status"]);
+    assert_eq!(exit_code(&out), 0);
+    let table = stdout(&out);
+    assert!(table.starts_with("PROVIDER"), "{table}");
+    assert!(table.contains("makeleaps"));
+    assert!(!table.contains(expected.as_str().unwrap()));
+
+    let out = agent.cli(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(v["providers"].as_array().unwrap().len(), 6);
+
+    let out = agent.cli(&["refresh", "--all"]);
+    assert_eq!(exit_code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    assert_eq!(stdout(&out).lines().count(), 6);
+
+    let out = agent.cli(&["refresh", "makeleaps"]);
+    assert_eq!(exit_code(&out), 0);
+    assert!(stdout(&out).contains("renewed"));
+
+    // A partner that fails makes `refresh --all` exit 75.
+    partners.set_mode(
+        shop_auth_agent::standin::Kind::Carrental,
+        shop_auth_agent::standin::Mode::Status {
+            status: 503,
+            body: String::new(),
+            retry_after: None,
+        },
+    );
+    let out = agent.cli(&["refresh", "--all"]);
+    assert_eq!(exit_code(&out), 75, "{}", stdout(&out));
+    assert!(stdout(&out).contains("carrental: failed"));
+
+    let out = agent.cli(&["logout", "makeleaps"]);
+    assert_eq!(exit_code(&out), 0);
+    let out = agent.cli(&["token", "makeleaps"]);
+    assert_eq!(exit_code(&out), 75, "no token now: try later");
+
+    let out = agent.cli(&["frobnicate"]);
+    assert_eq!(exit_code(&out), 64);
+    let out = agent.cli(&["--version"]);
+    assert_eq!(exit_code(&out), 0);
+    assert!(stdout(&out).contains(env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn unreachable_agent_exits_69() {
+    let dir = TempDir::new("noagent");
+    let out = Command::new(BIN)
+        .args(["token", "x", "--socket"])
+        .arg(dir.join("nothing.sock"))
+        .output()
+        .unwrap();
+    assert_eq!(exit_code(&out), 69);
+    assert!(stderr(&out).contains("not reachable"));
+}
+
+#[test]
+fn allow_lists_answer_forbidden_to_other_uids() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to run a client as another uid");
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let dir = TempDir::new("allow");
+    let partners = standin();
+    let providers = partners.providers_toml().replace(
+        "[providers.makeleaps]\n",
+        "[providers.makeleaps]\nallow_uids = [4242]\n",
+    );
+    write_config(
+        &dir,
+        &config_text(&dir, "socket_mode = \"0666\"", &providers),
+    );
+    let agent = Agent::start(&dir);
+    agent.wait_token("makeleaps");
+    let as_uid = |uid: u32, name: &str| {
+        Command::new(BIN)
+            .args(["token", name, "--socket"])
+            .arg(&agent.socket)
+            .uid(uid)
+            .gid(uid)
+            .output()
+            .unwrap()
+    };
+    let out = as_uid(4243, "makeleaps");
+    assert_eq!(exit_code(&out), 77, "{}", stderr(&out));
+    assert!(stderr(&out).contains("forbidden"));
+    let out = as_uid(4242, "makeleaps");
+    assert_eq!(exit_code(&out), 0, "{}", stderr(&out));
+    // A provider without allow_* is open to whoever can open the socket.
+    let out = as_uid(4243, "carrental");
+    assert_eq!(exit_code(&out), 0, "{}", stderr(&out));
+}
+
+#[test]
+fn dev_mode_serves_every_kind_and_cleans_up() {
+    let mut child = Command::new(BIN)
+        .arg("dev")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let socket = wait_for("the socket line", || {
+        let line = lines.next()?.ok()?;
+        line.strip_prefix("SHOP_AUTH_AGENT_SOCKET=")
+            .map(std::path::PathBuf::from)
+    });
+    let folder = socket.parent().unwrap().to_owned();
+    assert!(folder.exists());
+    wait_for("the dev socket", || {
+        std::os::unix::net::UnixStream::connect(&socket).ok()
+    });
+    let mut c = Client::connect(&socket);
+    for name in [
+        "autoleap",
+        "autovit",
+        "autovit_partner",
+        "carrental",
+        "makeleaps",
+        "oauth2",
+    ] {
+        let a = c.ask(&format!("TOKEN {name}"));
+        assert_eq!(a["ok"], true, "{name}: {a}");
+        // Dev tokens are short-lived so that renewals show.
+        assert!(a["expires_in"].as_i64().unwrap() <= 30);
+    }
+    drop(c);
+    let rc = unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    assert_eq!(rc, 0);
+    let status = wait_for("dev to exit", || child.try_wait().unwrap());
+    assert_eq!(status.code(), Some(0));
+    assert!(!folder.exists(), "dev left {} behind", folder.display());
+}

@@ -1,0 +1,9 @@
+//! End-to-end tests: the real `shop-auth-agent` binary against loopback
+//! stand-ins for the partners, in temporary folders, over real Unix sockets.
+//! One test binary (ripgrep's layout); modules by concern.
+
+mod util;
+
+mod agent_e2e;
+mod cli_e2e;
+mod faults_e2e;

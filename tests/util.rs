@@ -1,0 +1,259 @@
+//! Shared test scaffolding: temp dirs, configs, the real agent binary as a
+//! child process, a socket client, and polling with deadlines (never sleeps
+//! as synchronisation).
+
+#![allow(dead_code)]
+
+use serde_json::Value;
+use shop_auth_agent::standin::{Standin, StandinOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_shop-auth-agent");
+
+/// Generous: the suite also runs under qemu-user emulation.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Polls `f` until it returns `Some`, failing the test at the deadline.
+pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let p =
+            std::env::temp_dir().join(format!("saa-test-{tag}-{}", shop_auth_agent::rand::hex(10)));
+        std::fs::create_dir_all(&p).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+    pub fn join(&self, p: &str) -> PathBuf {
+        self.0.join(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn standin() -> Standin {
+    Standin::start(StandinOptions::default()).unwrap()
+}
+
+pub fn standin_with_lifetime(lifetime: Duration) -> Standin {
+    Standin::start(StandinOptions {
+        lifetime,
+        ..StandinOptions::default()
+    })
+    .unwrap()
+}
+
+/// A config for an agent in `dir` with `providers` TOML appended.
+pub fn config_text(dir: &TempDir, extra_agent: &str, providers: &str) -> String {
+    format!(
+        "[agent]\nsocket = {:?}\nstate_dir = {:?}\n{extra_agent}\n\n{providers}",
+        dir.join("agent.sock").display().to_string(),
+        dir.join("state").display().to_string(),
+    )
+}
+
+pub fn write_config(dir: &TempDir, text: &str) -> PathBuf {
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+/// The real binary running `run`, its stderr captured to a file.
+pub struct Agent {
+    pub child: Child,
+    pub socket: PathBuf,
+    pub config: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Agent {
+    /// Starts `shop-auth-agent run --config <dir>/config.toml` and waits for its socket.
+    pub fn start(dir: &TempDir) -> Agent {
+        let agent = Agent::spawn(dir, &[]);
+        agent.wait_ready();
+        agent
+    }
+
+    pub fn spawn(dir: &TempDir, env: &[(&str, &str)]) -> Agent {
+        let config = dir.join("config.toml");
+        // Each start appends to the same log, so leak checks see every run.
+        let log = dir.join("agent.log");
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&config)
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("SHOP_AUTH_AGENT_SOCKET")
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        Agent {
+            child,
+            socket: dir.join("agent.sock"),
+            config,
+            log,
+        }
+    }
+
+    pub fn wait_ready(&self) {
+        wait_for("the agent's socket", || {
+            UnixStream::connect(&self.socket).ok().map(|_| ())
+        });
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(&self.socket)
+    }
+
+    /// One request on a fresh connection.
+    pub fn ask(&self, line: &str) -> Value {
+        self.client().ask(line)
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: plain kill(2) on our own child.
+        let rc = unsafe { libc::kill(self.child.id() as i32, sig) };
+        assert_eq!(rc, 0);
+    }
+
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        wait_for("the agent to exit", || self.child.try_wait().unwrap())
+    }
+
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Polls STATUS until `f` holds for the named provider's entry.
+    pub fn wait_status(&self, name: &str, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+        wait_for(what, || {
+            let s = self.ask("STATUS");
+            s["providers"]
+                .as_array()
+                .and_then(|ps| ps.iter().find(|p| p["provider"] == name).cloned())
+                .filter(|p| f(p))
+        })
+    }
+
+    /// Polls TOKEN until it answers ok.
+    pub fn wait_token(&self, name: &str) -> Value {
+        wait_for(&format!("a token for {name}"), || {
+            let a = self.ask(&format!("TOKEN {name}"));
+            (a["ok"] == true).then_some(a)
+        })
+    }
+
+    /// Runs a client subcommand of the binary against this agent.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(BIN)
+            .args(args)
+            .env("SHOP_AUTH_AGENT_SOCKET", &self.socket)
+            .env_remove("SHOP_AUTH_AGENT_CONFIG")
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub struct Client {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Client {
+    pub fn connect(path: &Path) -> Client {
+        let s = UnixStream::connect(path).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        Client {
+            writer: s.try_clone().unwrap(),
+            reader: BufReader::new(s),
+        }
+    }
+
+    /// Writes without asserting: the agent may close the connection first.
+    pub fn try_send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.writer.write_all(bytes)
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).unwrap();
+    }
+
+    /// Reads one answer line; `None` at end of stream.
+    pub fn read_answer(&mut self) -> Option<Value> {
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => {
+                assert!(line.ends_with('\n'), "answer without newline: {line:?}");
+                Some(serde_json::from_str(&line).unwrap())
+            }
+        }
+    }
+
+    pub fn ask(&mut self, line: &str) -> Value {
+        self.send_raw(format!("{line}\n").as_bytes());
+        self.read_answer().expect("an answer")
+    }
+}
+
+pub fn exit_code(out: &std::process::Output) -> i32 {
+    out.status.code().unwrap_or(-1)
+}
+
+pub fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
