@@ -1,12 +1,158 @@
-//! STUB — to be written: JWT claim reading.
+//! Reading the `exp` and `iat` claims of a JWT-shaped access token (AutoLeap
+//! states no lifetime; its tokens are JWTs), and making unsigned JWT-shaped
+//! tokens for the stand-in partners. Signatures are not checked: the agent
+//! is not the token's audience, it only wants to know when to renew.
+
+use serde_json::Value;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Claims {
     pub exp: Option<i64>,
     pub iat: Option<i64>,
 }
-pub fn claims(_token: &str) -> Option<Claims> {
-    todo!()
+
+// Real JWTs are a few KiB at most; anything bigger is not worth decoding.
+const MAX_TOKEN: usize = 16 * 1024;
+
+/// The claims of a JWT, or `None` if `token` is not one.
+pub fn claims(token: &str) -> Option<Claims> {
+    if token.len() > MAX_TOKEN {
+        return None;
+    }
+    let mut parts = token.split('.');
+    let (_header, payload, _sig) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let json = base64_decode(payload)?;
+    let v: Value = serde_json::from_slice(&json).ok()?;
+    let obj = v.as_object()?;
+    let num = |k: &str| -> Option<i64> {
+        let n = obj.get(k)?;
+        n.as_i64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.is_finite() && f.abs() < 1e15)
+                .map(|f| f.floor() as i64)
+        })
+    };
+    Some(Claims {
+        exp: num("exp"),
+        iat: num("iat"),
+    })
 }
-pub fn encode_unsigned(_claims: &serde_json::Value) -> String {
-    todo!()
+
+/// `base64url(header).base64url(claims).signature`, unsigned (`alg: none`).
+pub fn encode_unsigned(claims: &Value) -> String {
+    let header = base64url(br#"{"alg":"none","typ":"JWT"}"#);
+    let body = base64url(claims.to_string().as_bytes());
+    let sig = base64url(crate::rand::hex(32).as_bytes());
+    format!("{header}.{body}.{sig}")
+}
+
+const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+fn base64url(data: &[u8]) -> String {
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        let chars = chunk.len() + 1;
+        for i in 0..chars {
+            out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+/// Decodes base64url or standard base64, with or without padding.
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let s = s.trim_end_matches('=');
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let mut acc: u32 = 0;
+    let mut bits = 0;
+    for c in s.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'-' | b'+' => 62,
+            b'_' | b'/' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    // A single leftover character cannot encode a byte.
+    (bits < 6).then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let t = encode_unsigned(
+            &serde_json::json!({"exp": 1_795_003_600, "iat": 1_795_000_000, "sub": "x"}),
+        );
+        assert_eq!(
+            claims(&t),
+            Some(Claims {
+                exp: Some(1_795_003_600),
+                iat: Some(1_795_000_000)
+            })
+        );
+        assert!(!t.contains('='));
+    }
+
+    #[test]
+    fn reads_a_real_world_shaped_token() {
+        // header {"alg":"HS256","typ":"JWT"}, payload {"sub":"1234567890","name":"John Doe","iat":1516239022,"exp":1516242622.7}
+        let t = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9lIiwiaWF0IjoxNTE2MjM5MDIyLCJleHAiOjE1MTYyNDI2MjIuN30.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c";
+        assert_eq!(
+            claims(t),
+            Some(Claims {
+                exp: Some(1_516_242_622),
+                iat: Some(1_516_239_022)
+            })
+        );
+    }
+
+    #[test]
+    fn opaque_and_malformed_tokens_are_not_jwts() {
+        for t in [
+            "abc123xyz456",
+            "4df20e702bfaeee96ecd6cbbc4ff384c166f5567",
+            "a.b",
+            "a.b.c.d",
+            "x.!!!.y",
+            "x.bm90IGpzb24.y", // "not json"
+            "x.WzEsMl0.y",     // [1,2]: not an object
+        ] {
+            assert_eq!(claims(t).and_then(|c| c.exp), None, "{t}");
+        }
+        assert_eq!(claims(&format!("a.{}.c", "A".repeat(MAX_TOKEN))), None);
+    }
+
+    #[test]
+    fn base64_variants() {
+        assert_eq!(base64_decode("aGk").unwrap(), b"hi");
+        assert_eq!(base64_decode("aGk=").unwrap(), b"hi");
+        assert_eq!(
+            base64_decode("-_-_").unwrap(),
+            base64_decode("+/+/").unwrap()
+        );
+        assert_eq!(base64url(b"hi"), "aGk");
+        assert_eq!(base64url(b"\xfb\xff"), "-_8");
+        assert_eq!(base64_decode("a"), None);
+    }
 }
