@@ -6,6 +6,7 @@
 //! writer of tokens, persisting through [`store`]) → [`server`] (reads).
 
 pub mod agent;
+pub mod base64;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -1,14 +1,134 @@
-use crate::http::Http;
+//! AutoLeap Partner API (partner-apis/autoleap.txt): JSON login with
+//! `partnerId`/`authKey`, renewal through `generateNewAccessToken`, and a
+//! logout that revokes. The answers carry no lifetime; the access token is a
+//! JWT whose `exp` the token module reads (else `token_lifetime`).
+
+use super::{check_status, join_url, json_object, opt_str, required_str};
+use crate::http::{Http, Response};
 use crate::providers::{Grant, Provider, ProviderError};
 use crate::secret::Secret;
-pub struct AutoLeap {}
+use serde_json::json;
+
+pub struct AutoLeap {
+    base_url: String,
+    partner_id: String,
+    auth_key: Secret,
+}
+
 impl AutoLeap {
-    pub fn new(_base_url: String, _partner_id: String, _auth_key: Secret) -> AutoLeap {
-        todo!()
+    pub fn new(base_url: String, partner_id: String, auth_key: Secret) -> AutoLeap {
+        AutoLeap {
+            base_url,
+            partner_id,
+            auth_key,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        join_url(&self.base_url, path)
+    }
+
+    fn secrets<'a>(&'a self, more: &[&'a str]) -> Vec<&'a str> {
+        let mut v = vec![self.auth_key.expose()];
+        v.extend_from_slice(more);
+        v
     }
 }
+
+/// `{"success":true,"data":{"accessToken","refreshToken"}}`. The document
+/// shows only success bodies; a 200 with `success:false` is read as a
+/// refusal carrying the partner's `message`, and tokens at the top level
+/// (no `data`) are accepted too.
+fn parse(resp: &Response, url: &str, secrets: &[&str]) -> Result<Grant, ProviderError> {
+    check_status(resp, url, secrets)?;
+    let obj = json_object(resp, url)?;
+    if obj.get("success") == Some(&serde_json::Value::Bool(false)) {
+        let said = opt_str(&obj, "message").unwrap_or_else(|| "no message".into());
+        let said: String = said.chars().take(200).collect();
+        return Err(ProviderError::rejected(format!(
+            "{} answered success=false: {said}",
+            crate::http::strip_query(url)
+        )));
+    }
+    let data = match obj.get("data") {
+        Some(serde_json::Value::Object(d)) => d.clone(),
+        _ => obj,
+    };
+    Ok(Grant {
+        access: Secret::new(required_str(&data, "accessToken", url)?),
+        refresh: opt_str(&data, "refreshToken").map(Secret::new),
+        server_date: resp.date,
+        ..Grant::default()
+    })
+}
+
 impl Provider for AutoLeap {
-    fn login(&self, _http: &Http) -> Result<Grant, ProviderError> {
-        todo!()
+    fn login(&self, http: &Http) -> Result<Grant, ProviderError> {
+        let url = self.url("partners/login");
+        let body = json!({"partnerId": self.partner_id, "authKey": self.auth_key.expose()});
+        parse(
+            &http.post_json(&url, None, &body)?,
+            &url,
+            &self.secrets(&[]),
+        )
+    }
+
+    fn renew(&self, http: &Http, refresh: &Secret) -> Option<Result<Grant, ProviderError>> {
+        let url = self.url("partners/generateNewAccessToken");
+        let body = json!({"refreshToken": refresh.expose()});
+        Some(
+            http.post_json(&url, None, &body)
+                .and_then(|r| parse(&r, &url, &self.secrets(&[refresh.expose()]))),
+        )
+    }
+
+    fn logout(
+        &self,
+        http: &Http,
+        access: &Secret,
+        refresh: Option<&Secret>,
+    ) -> Result<(), ProviderError> {
+        let url = self.url("partners/logout");
+        let body = json!({"refreshToken": refresh.map(Secret::expose).unwrap_or("")});
+        let resp = http.post_json(&url, Some(access.expose()), &body)?;
+        check_status(&resp, &url, &self.secrets(&[access.expose()]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::tests::resp;
+    use crate::providers::ErrorKind;
+
+    #[test]
+    fn reads_the_documented_answers_and_variants() {
+        let g = parse(
+            &resp(200, r#"{ "success": true, "data": { "accessToken": "abc123xyz456", "refreshToken": "rT0k3n4950506" } }"#),
+            "https://a/v2/partners/login",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(g.access.expose(), "abc123xyz456");
+        assert_eq!(g.refresh.unwrap().expose(), "rT0k3n4950506");
+        assert_eq!(g.expires_in, None);
+        let g = parse(&resp(200, r#"{"accessToken":"t"}"#), "https://a/x", &[]).unwrap();
+        assert_eq!(g.access.expose(), "t");
+        let e = parse(
+            &resp(200, r#"{"success":false,"message":"Invalid partner"}"#),
+            "https://a/x",
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Rejected);
+        assert!(e.message.contains("Invalid partner"));
+        let e = parse(
+            &resp(200, r#"{"success":true,"data":{}}"#),
+            "https://a/x",
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::BadResponse);
+        assert!(e.message.contains("accessToken"));
     }
 }

@@ -257,3 +257,291 @@ pub fn join_url(base: &str, path: &str) -> String {
         path.trim_start_matches('/')
     )
 }
+
+// ---- Shared parsing for the kinds ----------------------------------------
+
+use crate::http::{host_of, strip_query, Response};
+use serde_json::{Map, Value};
+
+/// Turns a non-2xx status into a classified error. 408, 429 and 5xx are
+/// transient; every other 4xx is "rejected": 400 invalid_grant /
+/// invalid_client, 401, 403 and 404 are what PRODUCT.md names, and any other
+/// 4xx (say 400 invalid_request) cannot be fixed by retrying fast either.
+/// `secrets` are scrubbed from the partner's own message, in case it echoes
+/// one back.
+pub fn check_status(resp: &Response, url: &str, secrets: &[&str]) -> Result<(), ProviderError> {
+    let status = resp.status;
+    if (200..300).contains(&status) {
+        return Ok(());
+    }
+    let mut message = format!("HTTP {status} from {}", strip_query(url));
+    if let Some(said) = partner_message(&resp.body, secrets) {
+        message.push_str(": ");
+        message.push_str(&said);
+    }
+    let kind = match status {
+        408 | 429 | 500..=599 => ErrorKind::Transient,
+        400..=499 => ErrorKind::Rejected,
+        // 1xx/3xx: a redirect or something stranger; retry later.
+        _ => ErrorKind::Transient,
+    };
+    Err(ProviderError {
+        kind,
+        message,
+        retry_after: resp.retry_after,
+    })
+}
+
+/// The partner's own error fields, if the body is a JSON object: RFC 6749's
+/// `error`/`error_description`, Autovit's `error_human_*`, AutoLeap's
+/// `message`. Never the raw body; at most 200 characters.
+fn partner_message(body: &[u8], secrets: &[&str]) -> Option<String> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    let obj = v.as_object()?;
+    let parts: Vec<String> = [
+        "error",
+        "error_description",
+        "error_human_title",
+        "error_human_message",
+        "message",
+    ]
+    .iter()
+    .filter_map(|k| obj.get(*k)?.as_str())
+    .map(str::trim)
+    .filter(|s| !s.is_empty())
+    .map(str::to_owned)
+    .collect();
+    if parts.is_empty() {
+        return None;
+    }
+    let mut text: String = parts
+        .join(" — ")
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    for s in secrets.iter().filter(|s| !s.is_empty()) {
+        text = text.replace(s, "***");
+    }
+    if text.chars().count() > 200 {
+        text = text.chars().take(199).collect::<String>() + "…";
+    }
+    Some(text)
+}
+
+/// The body as a JSON object, or a BadResponse saying what arrived instead
+/// (its size and content type, never its text).
+pub fn json_object(resp: &Response, url: &str) -> Result<Map<String, Value>, ProviderError> {
+    let describe = || {
+        format!(
+            "{} bytes, content-type {}",
+            resp.body.len(),
+            resp.content_type.as_deref().unwrap_or("none")
+        )
+    };
+    match serde_json::from_slice::<Value>(&resp.body) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(ProviderError::bad_response(format!(
+            "response from {} is JSON but not an object ({})",
+            host_of(url),
+            describe()
+        ))),
+        Err(_) => Err(ProviderError::bad_response(format!(
+            "response from {} is not JSON ({})",
+            host_of(url),
+            describe()
+        ))),
+    }
+}
+
+/// A required, non-empty string field.
+pub fn required_str(
+    obj: &Map<String, Value>,
+    field: &str,
+    url: &str,
+) -> Result<String, ProviderError> {
+    match obj.get(field) {
+        Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.trim().to_owned()),
+        Some(Value::String(_)) => Err(ProviderError::bad_response(format!(
+            "response from {} has an empty {field}",
+            host_of(url)
+        ))),
+        Some(_) => Err(ProviderError::bad_response(format!(
+            "response from {} has a {field} that is not a string",
+            host_of(url)
+        ))),
+        None => Err(ProviderError::bad_response(format!(
+            "response from {} has no {field}",
+            host_of(url)
+        ))),
+    }
+}
+
+/// An optional string field; empty counts as absent.
+pub fn opt_str(obj: &Map<String, Value>, field: &str) -> Option<String> {
+    obj.get(field)
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
+/// An optional count of seconds: a number, or a number in a string (floats
+/// floored), as partners variously send `expires_in`.
+pub fn opt_secs(obj: &Map<String, Value>, field: &str) -> Option<u64> {
+    let v = obj.get(field)?;
+    let f = match v {
+        Value::Number(n) => n.as_f64()?,
+        Value::String(s) => s.trim().parse::<f64>().ok()?,
+        _ => return None,
+    };
+    (f.is_finite() && f >= 0.0 && f < 1e12).then(|| f.floor() as u64)
+}
+
+/// An RFC 6749 §5.1 token response (MakeLeaps, Autovit, `oauth2`).
+pub fn oauth_grant(resp: &Response, url: &str, secrets: &[&str]) -> Result<Grant, ProviderError> {
+    check_status(resp, url, secrets)?;
+    let obj = json_object(resp, url)?;
+    Ok(Grant {
+        access: Secret::new(required_str(&obj, "access_token", url)?),
+        refresh: opt_str(&obj, "refresh_token").map(Secret::new),
+        token_type: opt_str(&obj, "token_type"),
+        scope: opt_str(&obj, "scope"),
+        expires_at: None,
+        expires_in: opt_secs(&obj, "expires_in"),
+        server_date: resp.date,
+    })
+}
+
+/// `application/x-www-form-urlencoded` encoding of one value, as RFC 6749
+/// §2.3.1 asks for the client id and secret before HTTP Basic.
+pub fn form_urlencode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
+                out.push(b as char)
+            }
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub fn resp(status: u16, body: &str) -> Response {
+        Response {
+            status,
+            body: body.as_bytes().to_vec(),
+            retry_after: None,
+            date: None,
+            content_type: Some("application/json".into()),
+        }
+    }
+
+    #[test]
+    fn statuses_are_classified() {
+        let url = "https://p.example/token?x=1";
+        for (status, kind) in [
+            (500, ErrorKind::Transient),
+            (503, ErrorKind::Transient),
+            (408, ErrorKind::Transient),
+            (429, ErrorKind::Transient),
+            (400, ErrorKind::Rejected),
+            (401, ErrorKind::Rejected),
+            (403, ErrorKind::Rejected),
+            (404, ErrorKind::Rejected),
+            (302, ErrorKind::Transient),
+        ] {
+            let e = check_status(&resp(status, ""), url, &[]).unwrap_err();
+            assert_eq!(e.kind, kind, "{status}");
+            assert!(e
+                .message
+                .starts_with(&format!("HTTP {status} from https://p.example/token")));
+            assert!(!e.message.contains("x=1"));
+        }
+        assert!(check_status(&resp(200, ""), url, &[]).is_ok());
+    }
+
+    #[test]
+    fn partner_messages_are_quoted_short_and_scrubbed() {
+        let body = r#"{"error":"invalid_grant","error_description":"Invalid partner credentials parameter","error_human_title":"Niepoprawna wartość","error_human_message":""}"#;
+        let e = check_status(&resp(400, body), "https://x/t", &[]).unwrap_err();
+        assert_eq!(
+            e.message,
+            "HTTP 400 from https://x/t: invalid_grant — Invalid partner credentials parameter — Niepoprawna wartość"
+        );
+        let echo = r#"{"error":"invalid_client","error_description":"bad secret hunter2"}"#;
+        let e = check_status(&resp(401, echo), "https://x/t", &["hunter2"]).unwrap_err();
+        assert!(!e.message.contains("hunter2"));
+        assert!(e.message.contains("***"));
+        let long = format!(r#"{{"message":"{}"}}"#, "a".repeat(500));
+        let e = check_status(&resp(401, &long), "https://x/t", &[]).unwrap_err();
+        assert!(e.message.chars().count() < 260);
+        // A non-JSON error body is not quoted at all.
+        let e = check_status(
+            &resp(500, "<html>secret stack trace</html>"),
+            "https://x/t",
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(e.message, "HTTP 500 from https://x/t");
+    }
+
+    #[test]
+    fn oauth_responses() {
+        let g = oauth_grant(
+            &resp(200, r#"{"access_token":"a","token_type":"bearer","expires_in":"3600","refresh_token":"r","scope":"s"}"#),
+            "https://x/t",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(g.access.expose(), "a");
+        assert_eq!(g.refresh.unwrap().expose(), "r");
+        assert_eq!(g.expires_in, Some(3600));
+        for (body, needle) in [
+            ("", "not JSON"),
+            ("<html>", "not JSON"),
+            ("[1]", "not an object"),
+            (r#"{"token_type":"Bearer"}"#, "has no access_token"),
+            (r#"{"access_token":""}"#, "empty access_token"),
+            (r#"{"access_token":5}"#, "not a string"),
+        ] {
+            let e = oauth_grant(&resp(200, body), "https://x/t", &[]).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::BadResponse);
+            assert!(e.message.contains(needle), "{body}: {e}");
+        }
+    }
+
+    #[test]
+    fn seconds_in_their_many_forms() {
+        let obj = |v: Value| v.as_object().unwrap().clone();
+        assert_eq!(opt_secs(&obj(serde_json::json!({"e": 60})), "e"), Some(60));
+        assert_eq!(
+            opt_secs(&obj(serde_json::json!({"e": "60"})), "e"),
+            Some(60)
+        );
+        assert_eq!(
+            opt_secs(&obj(serde_json::json!({"e": "59.9"})), "e"),
+            Some(59)
+        );
+        assert_eq!(opt_secs(&obj(serde_json::json!({"e": -1})), "e"), None);
+        assert_eq!(opt_secs(&obj(serde_json::json!({"e": "soon"})), "e"), None);
+    }
+
+    #[test]
+    fn url_join_and_form_encoding() {
+        assert_eq!(
+            join_url("https://a/v2/", "/partners/login"),
+            "https://a/v2/partners/login"
+        );
+        assert_eq!(
+            join_url("https://a/v2", "partners/login"),
+            "https://a/v2/partners/login"
+        );
+        assert_eq!(form_urlencode("s3cr:t+/= x"), "s3cr%3At%2B%2F%3D+x");
+    }
+}
