@@ -394,7 +394,7 @@ pub fn opt_secs(obj: &Map<String, Value>, field: &str) -> Option<u64> {
         Value::String(s) => s.trim().parse::<f64>().ok()?,
         _ => return None,
     };
-    (f.is_finite() && f >= 0.0 && f < 1e12).then(|| f.floor() as u64)
+    (0.0..1e12).contains(&f).then(|| f.floor() as u64)
 }
 
 /// An RFC 6749 §5.1 token response (MakeLeaps, Autovit, `oauth2`).
