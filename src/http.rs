@@ -186,6 +186,13 @@ impl Http {
                     strip_query(url),
                     self.timeout.as_secs_f64()
                 )),
+                // rustls reports handshake failures through the stream as I/O errors.
+                _ if io
+                    .get_ref()
+                    .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some()) =>
+                {
+                    transient(format!("TLS handshake with {host} failed: {io}"))
+                }
                 _ => transient(format!("talking to {host}: {io}")),
             },
             ureq::Error::Tls(m) => transient(format!("TLS handshake with {host} failed: {m}")),

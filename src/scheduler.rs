@@ -786,8 +786,14 @@ impl Slot {
             return None;
         }
         let t = self.token.as_ref().filter(|t| t.is_valid(now))?;
-        let at = self.refresh_at.unwrap_or(t.expires_at);
-        Some((Arc::clone(t), state_of(at, now)))
+        // A failed renewal puts the token in the window at once: the POS
+        // should know that the next one may not come in time.
+        let state = if self.health.failures > 0 {
+            "renewing"
+        } else {
+            state_of(self.refresh_at.unwrap_or(t.expires_at), now)
+        };
+        Some((Arc::clone(t), state))
     }
 
     fn retry_in(&self, clock: Instant) -> Option<u64> {

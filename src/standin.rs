@@ -294,10 +294,11 @@ fn serve_conn(tcp: TcpStream, inner: &Inner) {
     let _ = tcp.set_nodelay(true);
     match &inner.tls {
         None => serve_stream(tcp, inner),
-        Some(cfg) => match rustls::ServerConnection::new(Arc::clone(cfg)) {
-            Ok(conn) => serve_stream(rustls::StreamOwned::new(conn, tcp), inner),
-            Err(_) => {}
-        },
+        Some(cfg) => {
+            if let Ok(conn) = rustls::ServerConnection::new(Arc::clone(cfg)) {
+                serve_stream(rustls::StreamOwned::new(conn, tcp), inner)
+            }
+        }
     }
 }
 
