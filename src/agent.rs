@@ -148,7 +148,12 @@ impl Agent {
                     notify::ready(&self.scheduler.summary());
                 }
                 _ => {
-                    log::info!("signal {signal}: stopping");
+                    let name = if signal == SIGINT {
+                        "SIGINT"
+                    } else {
+                        "SIGTERM"
+                    };
+                    log::info!("{name}: stopping");
                     break;
                 }
             }

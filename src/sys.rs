@@ -79,51 +79,43 @@ fn peer_groups(fd: libc::c_int) -> Vec<u32> {
 
 /// The uid of a user name, `None` when there is no such user.
 pub fn user_id(name: &str) -> io::Result<Option<u32>> {
-    let cname = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    let mut buf = vec![0 as libc::c_char; 4096];
-    loop {
-        // SAFETY: zeroed passwd is a valid out-parameter for getpwnam_r.
-        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-        let mut result: *mut libc::passwd = std::ptr::null_mut();
-        // SAFETY: all pointers are valid for the call; buf outlives it.
-        let rc = unsafe {
-            libc::getpwnam_r(
-                cname.as_ptr(),
-                &mut pwd,
-                buf.as_mut_ptr(),
-                buf.len(),
-                &mut result,
-            )
-        };
-        if rc == libc::ERANGE && buf.len() < 1 << 20 {
-            buf.resize(buf.len() * 2, 0);
-            continue;
-        }
-        if rc != 0 {
-            return Err(io::Error::from_raw_os_error(rc));
-        }
-        return Ok((!result.is_null()).then_some(pwd.pw_uid));
-    }
+    // SAFETY: getpwnam_r's contract is the one `lookup` fulfils.
+    lookup(
+        name,
+        |n, e, b, l, r| unsafe { libc::getpwnam_r(n, e, b, l, r) },
+        |p: &libc::passwd| p.pw_uid,
+    )
 }
 
 /// The gid of a group name, `None` when there is no such group.
 pub fn group_id(name: &str) -> io::Result<Option<u32>> {
+    // SAFETY: getgrnam_r's contract is the one `lookup` fulfils.
+    lookup(
+        name,
+        |n, e, b, l, r| unsafe { libc::getgrnam_r(n, e, b, l, r) },
+        |g: &libc::group| g.gr_gid,
+    )
+}
+
+type Getter<T> =
+    fn(*const libc::c_char, *mut T, *mut libc::c_char, usize, *mut *mut T) -> libc::c_int;
+
+/// The reentrant name lookups (getpwnam_r, getgrnam_r) share one shape:
+/// an entry, a string buffer that may need to grow, and a result pointer.
+fn lookup<T>(name: &str, get: Getter<T>, id: fn(&T) -> u32) -> io::Result<Option<u32>> {
     let cname = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     let mut buf = vec![0 as libc::c_char; 4096];
     loop {
-        // SAFETY: zeroed group is a valid out-parameter for getgrnam_r.
-        let mut grp: libc::group = unsafe { std::mem::zeroed() };
-        let mut result: *mut libc::group = std::ptr::null_mut();
-        // SAFETY: all pointers are valid for the call; buf outlives it.
-        let rc = unsafe {
-            libc::getgrnam_r(
-                cname.as_ptr(),
-                &mut grp,
-                buf.as_mut_ptr(),
-                buf.len(),
-                &mut result,
-            )
-        };
+        // SAFETY: the C structs are plain data; all-zero is a valid value.
+        let mut entry: T = unsafe { std::mem::zeroed() };
+        let mut result: *mut T = std::ptr::null_mut();
+        let rc = get(
+            cname.as_ptr(),
+            &mut entry,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        );
         if rc == libc::ERANGE && buf.len() < 1 << 20 {
             buf.resize(buf.len() * 2, 0);
             continue;
@@ -131,7 +123,7 @@ pub fn group_id(name: &str) -> io::Result<Option<u32>> {
         if rc != 0 {
             return Err(io::Error::from_raw_os_error(rc));
         }
-        return Ok((!result.is_null()).then_some(grp.gr_gid));
+        return Ok((!result.is_null()).then(|| id(&entry)));
     }
 }
 

@@ -239,14 +239,7 @@ fn dev_mode_serves_every_kind_and_cleans_up() {
         std::os::unix::net::UnixStream::connect(&socket).ok()
     });
     let mut c = Client::connect(&socket);
-    for name in [
-        "autoleap",
-        "autovit",
-        "autovit_partner",
-        "carrental",
-        "makeleaps",
-        "oauth2",
-    ] {
+    for name in PROVIDERS {
         let a = c.ask(&format!("TOKEN {name}"));
         assert_eq!(a["ok"], true, "{name}: {a}");
         // Dev tokens are short-lived so that renewals show.

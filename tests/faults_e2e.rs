@@ -179,14 +179,7 @@ fn a_partner_over_https_with_a_private_ca() {
     );
     let only = |text: &str, keep: &[&str]| {
         let mut out = text.to_owned();
-        for name in [
-            "autoleap",
-            "autovit",
-            "autovit_partner",
-            "carrental",
-            "makeleaps",
-            "oauth2",
-        ] {
+        for name in PROVIDERS {
             if !keep.contains(&name) {
                 out = crate::agent_e2e::remove_section(&out, name);
             }
@@ -216,14 +209,7 @@ fn no_secret_or_token_reaches_the_log() {
     write_config(&dir, &config_text(&dir, "", &partners.providers_toml()));
     let mut agent = Agent::start(&dir);
     // A full run: logins, renewals, every verb, a failure, a reload, a stop.
-    for name in [
-        "autoleap",
-        "autovit",
-        "autovit_partner",
-        "carrental",
-        "makeleaps",
-        "oauth2",
-    ] {
+    for name in PROVIDERS {
         let first = agent.wait_token(name)["access_token"].clone();
         wait_for("a renewal", || {
             (agent.ask(&format!("TOKEN {name}"))["access_token"] != first).then_some(())

@@ -13,6 +13,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+/// The providers `Standin::providers_toml` configures.
+pub const PROVIDERS: [&str; 6] = [
+    "autoleap",
+    "autovit",
+    "autovit_partner",
+    "carrental",
+    "makeleaps",
+    "oauth2",
+];
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_shop-auth-agent");
 
 /// Generous: the suite also runs under qemu-user emulation.
