@@ -3,7 +3,7 @@
 
 use crate::util::*;
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 #[test]
 fn check_config_lists_every_problem_and_exits_78() {
@@ -30,7 +30,7 @@ password = "p"
 allow_groups = ["no-such-group-xq"]
 "#,
     );
-    let out = Command::new(BIN)
+    let out = bin()
         .args(["check-config", "--config"])
         .arg(&path)
         .output()
@@ -49,7 +49,7 @@ allow_groups = ["no-such-group-xq"]
         assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
     }
     // `run` refuses the same config with the same code.
-    let out = Command::new(BIN)
+    let out = bin()
         .arg("run")
         .arg(format!("--config={}", path.display()))
         .output()
@@ -65,7 +65,7 @@ fn world_readable_config_with_inline_secret_is_refused() {
     let partners = standin();
     let path = write_config(&dir, &config_text(&dir, "", &partners.providers_toml()));
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let out = Command::new(BIN)
+    let out = bin()
         .args(["check-config", "--config"])
         .arg(&path)
         .output()
@@ -80,7 +80,7 @@ fn world_readable_config_with_inline_secret_is_refused() {
     assert!(!err.contains(shop_auth_agent::standin::creds::MAKELEAPS_CLIENT_SECRET));
     // 0640 is fine (root:shop-auth-agent in the .deb).
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
-    let out = Command::new(BIN)
+    let out = bin()
         .args(["check-config", "--config"])
         .arg(&path)
         .output()
@@ -102,7 +102,7 @@ fn client_commands_and_their_exit_codes() {
     assert_eq!(stdout(&out).trim_end(), expected.as_str().unwrap());
 
     // Options after the subcommand, and --socket instead of the environment.
-    let out = Command::new(BIN)
+    let out = bin()
         .args(["token", "makeleaps", "--json", "--socket"])
         .arg(&agent.socket)
         .env_remove("SHOP_AUTH_AGENT_SOCKET")
@@ -112,7 +112,7 @@ fn client_commands_and_their_exit_codes() {
     assert_eq!(v["access_token"], expected);
 
     // The socket from the config, when no flag or variable says otherwise.
-    let out = Command::new(BIN)
+    let out = bin()
         .args(["token", "makeleaps", "--config"])
         .arg(&agent.config)
         .env_remove("SHOP_AUTH_AGENT_SOCKET")
@@ -171,7 +171,7 @@ fn client_commands_and_their_exit_codes() {
 #[test]
 fn unreachable_agent_exits_69() {
     let dir = TempDir::new("noagent");
-    let out = Command::new(BIN)
+    let out = bin()
         .args(["token", "x", "--socket"])
         .arg(dir.join("nothing.sock"))
         .output()
@@ -200,7 +200,7 @@ fn allow_lists_answer_forbidden_to_other_uids() {
     let agent = Agent::start(&dir);
     agent.wait_token("makeleaps");
     let as_uid = |uid: u32, name: &str| {
-        Command::new(BIN)
+        bin()
             .args(["token", name, "--socket"])
             .arg(&agent.socket)
             .uid(uid)
@@ -220,7 +220,7 @@ fn allow_lists_answer_forbidden_to_other_uids() {
 
 #[test]
 fn dev_mode_serves_every_kind_and_cleans_up() {
-    let mut child = Command::new(BIN)
+    let mut child = bin()
         .arg("dev")
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())

@@ -28,6 +28,22 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_shop-auth-agent");
 /// Generous: the suite also runs under qemu-user emulation.
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
+/// A command running the agent binary; under emulation through the runner
+/// that `packaging/arm-test` names in `$SHOP_AUTH_AGENT_TEST_RUNNER` (e.g.
+/// `qemu-aarch64 -L /usr/aarch64-linux-gnu`), so no binfmt_misc is needed.
+pub fn bin() -> Command {
+    let runner = std::env::var("SHOP_AUTH_AGENT_TEST_RUNNER").unwrap_or_default();
+    let mut words = runner.split_whitespace();
+    match words.next() {
+        Some(program) => {
+            let mut c = Command::new(program);
+            c.args(words).arg(BIN);
+            c
+        }
+        None => Command::new(BIN),
+    }
+}
+
 /// Polls `f` until it returns `Some`, failing the test at the deadline.
 pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();
@@ -119,7 +135,7 @@ impl Agent {
             .append(true)
             .open(&log)
             .unwrap();
-        let mut cmd = Command::new(BIN);
+        let mut cmd = bin();
         cmd.arg("run")
             .arg("--config")
             .arg(&config)
@@ -196,7 +212,7 @@ impl Agent {
 
     /// Runs a client subcommand of the binary against this agent.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(BIN)
+        bin()
             .args(args)
             .env("SHOP_AUTH_AGENT_SOCKET", &self.socket)
             .env_remove("SHOP_AUTH_AGENT_CONFIG")
