@@ -10,7 +10,12 @@ use crate::store::Store;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use std::fmt;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
 
 /// Why the agent could not start (the config was already checked).
 #[derive(Debug)]
@@ -132,6 +137,30 @@ impl Agent {
         log::info!("stopped");
     }
 
+    /// Pings systemd's watchdog every `period` while the agent is healthy:
+    /// the refresh thread runs and the socket answers a PING through the
+    /// whole server path. When it is not, systemd's WatchdogSec= restarts us.
+    fn start_watchdog(&self, period: Duration) -> Result<(), StartError> {
+        let scheduler = Arc::clone(&self.scheduler);
+        let socket = self.settings.agent.socket.clone();
+        let mut failing = false;
+        thread::Builder::new()
+            .name("watchdog".into())
+            .stack_size(128 * 1024)
+            .spawn(move || loop {
+                thread::sleep(period);
+                let healthy = scheduler.is_healthy() && socket_answers(&socket);
+                if healthy {
+                    notify::send("WATCHDOG=1");
+                } else if !failing {
+                    log::error!("watchdog: the agent is not healthy; not telling systemd it is");
+                }
+                failing = !healthy;
+            })
+            .map(|_| ())
+            .map_err(|e| StartError::Io(format!("starting the watchdog thread: {e}")))
+    }
+
     /// Serves until SIGTERM or SIGINT; on SIGHUP calls `reload_config` and
     /// applies its result.
     pub fn run_until_signal(
@@ -139,6 +168,9 @@ impl Agent {
         mut reload_config: impl FnMut() -> Result<Settings, ConfigError>,
     ) -> Result<(), StartError> {
         notify::ready(&self.scheduler.summary());
+        if let Some(interval) = notify::watchdog_interval() {
+            self.start_watchdog(interval / 2)?;
+        }
         while let Some(signal) = self.signals.forever().next() {
             match signal {
                 SIGHUP => {
@@ -162,3 +194,20 @@ impl Agent {
         Ok(())
     }
 }
+
+/// Whether the agent's own socket answers a PING within a few seconds. A
+/// "too many connections" answer counts too: the server is alive.
+fn socket_answers(path: &Path) -> bool {
+    let attempt = || -> std::io::Result<bool> {
+        let mut s = UnixStream::connect(path)?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.set_write_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"PING\n")?;
+        let mut line = String::new();
+        BufReader::new(s).take(4096).read_line(&mut line)?;
+        Ok(line.starts_with('{'))
+    };
+    attempt().unwrap_or(false)
+}
+
+use std::io::Read;

@@ -25,6 +25,18 @@ pub fn send_to(socket: &str, state: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// systemd's watchdog interval, when it asked for pings
+/// (`$WATCHDOG_USEC`, and `$WATCHDOG_PID` unset or ours).
+pub fn watchdog_interval() -> Option<std::time::Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
+        if pid.parse::<u32>().ok()? != std::process::id() {
+            return None;
+        }
+    }
+    (usec > 0).then(|| std::time::Duration::from_micros(usec))
+}
+
 pub fn ready(status: &str) {
     send(&format!("READY=1\nSTATUS={status}"));
 }

@@ -17,6 +17,7 @@ use crate::timefmt::now_unix;
 use crate::token::{self, Token};
 use crate::{notify, rand, tokenfile};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -32,6 +33,17 @@ pub struct Scheduler {
     /// Held while a worker writes the store or a token file, and by shutdown
     /// so that the process never exits in the middle of a write.
     writes: Mutex<()>,
+    /// True while the `refresh` thread runs (the watchdog checks it).
+    running: AtomicBool,
+}
+
+/// Clears `running` when the refresh thread ends, by return or by panic.
+struct Running<'a>(&'a AtomicBool);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
 }
 
 struct Table {
@@ -159,12 +171,14 @@ impl Scheduler {
             cv: Condvar::new(),
             store,
             writes: Mutex::new(()),
+            running: AtomicBool::new(false),
         }))
     }
 
     /// Starts the `refresh` thread.
     pub fn spawn(self: &Arc<Self>) -> std::io::Result<thread::JoinHandle<()>> {
         let me = Arc::clone(self);
+        self.running.store(true, Ordering::SeqCst);
         thread::Builder::new()
             .name("refresh".into())
             .stack_size(256 * 1024)
@@ -177,7 +191,25 @@ impl Scheduler {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether the refresh thread is alive and the state lock can be taken
+    /// (not held forever by a stuck thread).
+    pub fn is_healthy(&self) -> bool {
+        self.running.load(Ordering::SeqCst) && {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            loop {
+                match self.table.try_lock() {
+                    Ok(_) | Err(std::sync::TryLockError::Poisoned(_)) => break true,
+                    Err(std::sync::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                        thread::sleep(Duration::from_millis(10))
+                    }
+                    Err(std::sync::TryLockError::WouldBlock) => break false,
+                }
+            }
+        }
+    }
+
     fn run(self: Arc<Self>) {
+        let _running = Running(&self.running);
         let mut table = self.lock();
         loop {
             if table.shutdown {

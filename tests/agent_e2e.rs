@@ -359,3 +359,51 @@ fn a_second_agent_on_the_same_socket_refuses_to_start() {
     assert!(!status.success());
     assert!(second.log_text().contains("another agent is listening"));
 }
+
+#[test]
+fn tells_systemd_ready_status_watchdog_reload_and_stop() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = TempDir::new("notify");
+    let partners = standin();
+    write_config(&dir, &config_text(&dir, "", &partners.providers_toml()));
+    let path = dir.join("notify.sock");
+    let systemd = UnixDatagram::bind(&path).unwrap();
+    systemd
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let notify = path.display().to_string();
+    let mut agent = Agent::spawn(
+        &dir,
+        &[("NOTIFY_SOCKET", &notify), ("WATCHDOG_USEC", "400000")],
+    );
+    let mut buf = [0u8; 4096];
+    let mut next = || {
+        let n = systemd.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let mut seen = Vec::new();
+    let mut wait_msg = |want: &str, seen: &mut Vec<String>| loop {
+        let m = next();
+        seen.push(m.clone());
+        if m.contains(want) {
+            return m;
+        }
+    };
+    let ready = wait_msg("READY=1", &mut seen);
+    // Ready once the socket is bound, before any login has to succeed.
+    assert!(ready.contains("STATUS="), "{ready}");
+    assert!(agent.socket.exists());
+    wait_msg("WATCHDOG=1", &mut seen);
+    let status = wait_msg("STATUS=6/6 providers have a valid token", &mut seen);
+    assert!(!status.contains("READY"));
+    agent.signal(libc::SIGHUP);
+    wait_msg("RELOADING=1", &mut seen);
+    wait_msg("READY=1", &mut seen);
+    agent.signal(libc::SIGTERM);
+    wait_msg("STOPPING=1", &mut seen);
+    assert!(agent.wait_exit().success());
+    // No token value in anything told to systemd.
+    for token in partners.issued() {
+        assert!(!seen.iter().any(|m| m.contains(&token)));
+    }
+}
