@@ -43,7 +43,7 @@ pub fn bind(agent: &AgentSettings) -> io::Result<UnixListener> {
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(agent.socket_mode))?;
     if let Some(gid) = agent.socket_group {
-        std::os::unix::fs::chown(path, None, Some(gid))?;
+        crate::sys::set_group(path, gid)?;
     }
     Ok(listener)
 }

@@ -35,7 +35,7 @@ pub fn write(path: &Path, contents: &[u8], gid: Option<u32>) -> io::Result<()> {
         // The umask may have narrowed the mode; set it exactly.
         f.set_permissions(fs::Permissions::from_mode(0o640))?;
         if let Some(gid) = gid {
-            std::os::unix::fs::fchown(&f, None, Some(gid))?;
+            crate::sys::set_group(&tmp, gid)?;
         }
         f.write_all(contents)?;
         f.sync_all()?;
