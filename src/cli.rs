@@ -398,6 +398,7 @@ pub fn status_table(answer: &Value, now: i64) -> String {
     for (key, what) in [
         ("config_error", "config reload refused"),
         ("store_error", "store"),
+        ("clock", "clock"),
     ] {
         if let Some(e) = answer[key].as_str() {
             out.push_str(&format!("{what}: {e}\n"));

@@ -9,6 +9,7 @@ pub mod agent;
 pub mod base64;
 pub mod cli;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod dev;
 pub mod http;

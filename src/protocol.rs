@@ -167,20 +167,25 @@ struct StatusAnswer<'a> {
     config_error: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     store_error: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    clock: Option<&'a str>,
 }
 
 /// STATUS; `config_error` is set while a reloaded config was refused,
-/// `store_error` while tokens cannot be written to disk.
+/// `store_error` while tokens cannot be written to disk, `clock` while the
+/// wall clock is not trusted (see [`crate::clock`]).
 pub fn status(
     providers: &[ProviderStatus],
     config_error: Option<&str>,
     store_error: Option<&str>,
+    clock: Option<&str>,
 ) -> String {
     to_line(&StatusAnswer {
         ok: true,
         providers,
         config_error,
         store_error,
+        clock,
     })
 }
 
@@ -283,10 +288,12 @@ mod tests {
             }],
             None,
             None,
+            Some("untrusted: 5000s behind the partners' clocks"),
         );
         let v: serde_json::Value = serde_json::from_str(&s).unwrap();
         assert_eq!(v["providers"][0]["expires_at"], serde_json::Value::Null);
         assert_eq!(v["providers"][0]["last_refresh"], "1970-01-01T00:00:00Z");
         assert!(v.get("config_error").is_none());
+        assert!(v["clock"].as_str().unwrap().starts_with("untrusted"));
     }
 }

@@ -1,6 +1,9 @@
 //! A small non-cryptographic random source for jitter and for the stand-in
 //! partners' token strings. Seeded once per process from the kernel
-//! (`/dev/urandom`), mixed with the time and pid if that is unreadable.
+//! (`/dev/urandom`, or the time and pid if that is unreadable), mixed with
+//! the machine id: terminals powered on together, early in boot when the
+//! kernel's pool may still be thin, still draw different jitter, so a fleet
+//! does not synchronise its logins and renewals.
 
 use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,14 +16,24 @@ fn seed() -> u64 {
     let from_kernel = std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut buf))
         .is_ok();
-    if from_kernel {
-        return u64::from_le_bytes(buf);
-    }
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    nanos ^ (u64::from(std::process::id()) << 32)
+    let base = if from_kernel {
+        u64::from_le_bytes(buf)
+    } else {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        nanos ^ (u64::from(std::process::id()) << 32)
+    };
+    let machine = std::fs::read("/etc/machine-id").unwrap_or_default();
+    base ^ fnv1a(&machine)
+}
+
+/// FNV-1a: spreads the machine id's bytes over 64 bits.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// SplitMix64 over a shared atomic counter: lock-free, good enough for jitter.
@@ -63,6 +76,15 @@ mod tests {
         assert!(xs.iter().all(|x| (0.0..1.0).contains(x)));
         let mean = xs.iter().sum::<f64>() / xs.len() as f64;
         assert!((0.4..0.6).contains(&mean), "mean {mean}");
+    }
+
+    #[test]
+    fn machine_ids_spread() {
+        let a = super::fnv1a(b"0123456789abcdef0123456789abcdef");
+        let b = super::fnv1a(b"0123456789abcdef0123456789abcdee");
+        // Different seeds; the SplitMix output function spreads even a
+        // one-bit difference over the whole stream.
+        assert_ne!(a, b);
     }
 
     #[test]

@@ -8,12 +8,13 @@
 //! INVALIDATE and LOGOUT only raise flags and wait for the attempt that
 //! serves them, so concurrent requests for one provider share one attempt.
 
+use crate::clock::{self, Watch};
 use crate::config::{Access, ProviderSettings, Settings};
 use crate::http::Http;
 use crate::protocol::{self, ProviderStatus};
 use crate::providers::{self, ErrorKind, Grant, Provider, ProviderError};
 use crate::store::{Health, Record, Store};
-use crate::timefmt::now_unix;
+use crate::timefmt::{now_unix, now_unix_ms};
 use crate::token::{self, Token};
 use crate::{notify, rand, tokenfile};
 use std::collections::BTreeMap;
@@ -51,8 +52,29 @@ struct Table {
     shutdown: bool,
     config_error: Option<String>,
     store_error: Option<String>,
+    /// The underlying error of `store_error`, for logging it once.
+    store_cause: Option<String>,
     socket_group: Option<u32>,
     next_generation: u64,
+    clock: ClockState,
+}
+
+/// The wall clock as the scheduler sees it (see [`crate::clock`]).
+struct ClockState {
+    watch: Watch,
+    /// The sum of the jumps seen. A worker started before a jump shifts
+    /// its token by the difference.
+    shifted: i64,
+    /// Set while the wall clock is not trusted.
+    untrusted: Option<Untrusted>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Untrusted {
+    /// Seconds the wall clock is behind real time (negative: ahead).
+    behind: i64,
+    /// Known only as "at least" (from the store), not measured (a partner).
+    lower_bound: bool,
 }
 
 struct Slot {
@@ -63,6 +85,9 @@ struct Slot {
     /// an older generation is not installed.
     generation: u64,
     token: Option<Arc<Token>>,
+    /// While the clock is untrusted: the stored token as stored; `token`
+    /// then holds it judged against the earliest the real time can be.
+    restored: Option<Arc<Token>>,
     health: Health,
     /// Wall-clock second at which the current token is due for renewal.
     refresh_at: Option<i64>,
@@ -111,6 +136,8 @@ struct Job {
     token: Option<Arc<Token>>,
     health: Health,
     op: Op,
+    /// `ClockState::shifted` when the job started.
+    clock_shifted: i64,
 }
 
 impl Scheduler {
@@ -125,13 +152,40 @@ impl Scheduler {
             }
         }
         let now = now_unix();
+        // The newest time the store knows of: real time has passed it.
+        let newest_stored = stored
+            .values()
+            .flat_map(|r| {
+                [
+                    r.token.as_ref().map(|t| t.obtained_at),
+                    r.health.last_refresh,
+                ]
+            })
+            .flatten()
+            .max();
+        let untrusted = clock::behind_at_boot(now, newest_stored).map(|behind| {
+            log::warn!(
+                "clock: the wall clock is {behind}s behind the newest stored time (not yet synchronised?); \
+                 stored tokens are judged against that time and renewed at once"
+            );
+            Untrusted {
+                behind,
+                lower_bound: true,
+            }
+        });
         let mut table = Table {
             slots: BTreeMap::new(),
             shutdown: false,
             config_error: None,
             store_error: None,
+            store_cause: None,
             socket_group: settings.agent.socket_group,
             next_generation: 1,
+            clock: ClockState {
+                watch: Watch::new(now_unix_ms(), Instant::now()),
+                shifted: 0,
+                untrusted,
+            },
         };
         for p in &settings.providers {
             let mut slot = table.new_slot(p)?;
@@ -139,14 +193,21 @@ impl Scheduler {
                 Some(record) if record.identity == p.identity() => {
                     slot.health = record.health;
                     if let Some(t) = record.token.filter(|_| p.persist) {
-                        if t.is_valid(now) {
+                        let t = Arc::new(t);
+                        match untrusted {
+                            Some(u) => {
+                                slot.token = Some(Arc::new(shifted(&t, -u.behind.max(0))));
+                                slot.restored = Some(t);
+                            }
+                            None => slot.token = Some(t),
+                        }
+                        if let Some(t) = slot.token.as_ref().filter(|t| t.is_valid(now)) {
                             log::info!(
-                                "{}: restored a token valid until {}",
+                                "{}: restored a token valid for {}s",
                                 p.name,
-                                crate::timefmt::format_rfc3339(t.expires_at)
+                                t.expires_in(now)
                             );
                         }
-                        slot.token = Some(Arc::new(t));
                     }
                 }
                 Some(_) => log::info!(
@@ -215,9 +276,11 @@ impl Scheduler {
             if table.shutdown {
                 return;
             }
+            table.observe_clock();
             let now = Instant::now();
             let mut jobs = Vec::new();
             let mut earliest: Option<Instant> = None;
+            let clock_shifted = table.clock.shifted;
             for (name, slot) in table.slots.iter_mut() {
                 if slot.in_flight {
                     continue;
@@ -225,7 +288,7 @@ impl Scheduler {
                 let due_by_time =
                     !slot.health.logged_out && slot.next_attempt.is_some_and(|t| t <= now);
                 if slot.logout || slot.force || due_by_time {
-                    jobs.push(slot.start(name));
+                    jobs.push(slot.start(name, clock_shifted));
                 } else if let Some(t) = slot.next_attempt.filter(|_| !slot.health.logged_out) {
                     earliest = Some(earliest.map_or(t, |e: Instant| e.min(t)));
                 }
@@ -267,12 +330,18 @@ impl Scheduler {
         let now = now_unix();
         let mut health = job.health.clone();
         let mut token: Option<Token> = job.token.as_deref().cloned();
+        let mut skew = None;
         let outcome: Result<(), ProviderError> = match job.op {
             Op::Logout => {
                 if let Some(t) = &token {
-                    match job.provider.logout(&job.http, &t.access, t.refresh.as_ref()) {
+                    match job
+                        .provider
+                        .logout(&job.http, &t.access, t.refresh.as_ref())
+                    {
                         Ok(()) => log::info!("{name}: logged out"),
-                        Err(e) => log::warn!("{name}: logout at the partner failed ({e}); forgetting the tokens anyway"),
+                        Err(e) => log::warn!(
+                            "{name}: logout at the partner failed ({e}); forgetting the tokens anyway"
+                        ),
                     }
                 } else {
                     log::info!("{name}: logged out (no token was held)");
@@ -289,8 +358,16 @@ impl Scheduler {
                 let old_refresh = token.as_ref().and_then(|t| t.refresh.clone());
                 match obtain(name, &job, old_refresh.as_ref()) {
                     Ok((grant, how)) => {
+                        let iat = crate::jwt::claims(grant.access.expose()).and_then(|c| c.iat);
+                        skew = clock::partner_skew(now, grant.server_date, iat);
                         let (mut t, source) =
                             Token::from_grant(grant, now, job.settings.token_lifetime);
+                        // A clock jump while the partner answered: stamp
+                        // the token in the clock's new terms.
+                        let jumped = self.lock().clock.shifted - job.clock_shifted;
+                        if jumped != 0 {
+                            t = shifted(&t, jumped);
+                        }
                         if t.refresh.is_none() && how == "renewed" {
                             // RFC 6749 §6: no new refresh token means the old one stays valid.
                             t.refresh = old_refresh;
@@ -338,11 +415,11 @@ impl Scheduler {
                 // renews from what was last persisted.
                 return;
             }
-            let store_result = match &self.store {
-                Some(store) => store.save(name, &record).map_err(|e| e.to_string()),
-                None => Ok(()),
-            };
-            self.note_store_result(store_result);
+            // Without a store (it could not be opened) there is nothing to
+            // note: STATUS keeps saying why.
+            if let Some(store) = &self.store {
+                self.note_store_result(store.save(name, &record));
+            }
             if let Some(path) = &job.settings.file {
                 let now = now_unix();
                 let written = match token.as_deref().filter(|t| t.is_valid(now)) {
@@ -369,26 +446,31 @@ impl Scheduler {
         {
             slot.finish(token, health, outcome, now);
         }
+        table.learn_skew(name, skew);
         let summary = table.summary(now_unix());
         drop(table);
         self.cv.notify_all();
         notify::status(&summary);
     }
 
-    fn note_store_result(&self, result: Result<(), String>) {
+    fn note_store_result(&self, result: Result<(), crate::store::StoreError>) {
         let mut table = self.lock();
         match result {
             Ok(()) => {
                 if table.store_error.take().is_some() {
+                    table.store_cause = None;
                     log::info!("store: writing works again");
                 }
             }
             Err(e) => {
-                // Logged once per distinct failure, not on every write.
-                if table.store_error.as_deref() != Some(e.as_str()) {
+                // Logged once per cause (a full disk, a read-only one), not
+                // on every write nor again for each provider it hits.
+                let cause = e.source.to_string();
+                if table.store_cause.as_deref() != Some(cause.as_str()) {
                     log::error!("store: {e}; tokens are kept in memory only");
                 }
-                table.store_error = Some(e);
+                table.store_cause = Some(cause);
+                table.store_error = Some(e.to_string());
             }
         }
     }
@@ -407,6 +489,7 @@ impl Scheduler {
     pub fn token(&self, name: &str, wait: Duration) -> Result<Served, TokenError> {
         let deadline = Instant::now() + wait;
         let mut table = self.lock();
+        table.observe_clock();
         loop {
             let slot = table.slots.get(name).ok_or(TokenError::UnknownProvider)?;
             let now = now_unix();
@@ -441,6 +524,25 @@ impl Scheduler {
             .ok_or(TokenError::UnknownProvider)?;
         // The POS saw this token refused: stop serving it at once.
         slot.refused |= invalidate;
+        // Rejected credentials are retried on their slow schedule only: a
+        // POS asking again and again must not turn into a login loop at the
+        // partner (a credential fixed in the config is tried at the reload).
+        let clock = Instant::now();
+        if !slot.in_flight
+            && slot.health.last_error_kind.as_deref() == Some(ErrorKind::Rejected.as_str())
+            && slot.next_attempt.is_some_and(|t| t > clock)
+        {
+            return Err(TokenError::RefreshFailed {
+                message: format!(
+                    "{} (not retried before the next scheduled attempt; fix the credentials and reload)",
+                    slot.health
+                        .last_error
+                        .as_deref()
+                        .unwrap_or("credentials rejected")
+                ),
+                retry_in: slot.retry_in(clock),
+            });
+        }
         let target = if slot.in_flight {
             slot.started
         } else {
@@ -517,7 +619,8 @@ impl Scheduler {
 
     /// STATUS: every provider, no token values.
     pub fn status(&self) -> String {
-        let table = self.lock();
+        let mut table = self.lock();
+        table.observe_clock();
         let now = now_unix();
         let clock = Instant::now();
         let providers: Vec<ProviderStatus> = table
@@ -529,7 +632,13 @@ impl Scheduler {
             &providers,
             table.config_error.as_deref(),
             table.store_error.as_deref(),
+            table.clock_note().as_deref(),
         )
+    }
+
+    /// Why the wall clock is not trusted, when it is not (STATUS shows it).
+    pub fn clock_note(&self) -> Option<String> {
+        self.lock().clock_note()
     }
 
     /// The line for systemd's STATUS=.
@@ -651,6 +760,15 @@ fn obtain(
     job.provider.login(&job.http).map(|g| (g, "logged in"))
 }
 
+/// The token with its wall-clock stamps moved by `by` seconds.
+fn shifted(t: &Token, by: i64) -> Token {
+    Token {
+        obtained_at: t.obtained_at.saturating_add(by),
+        expires_at: t.expires_at.saturating_add(by),
+        ..t.clone()
+    }
+}
+
 /// `fresh` before the renewal time, `renewing` from then until expiry.
 fn state_of(refresh_at: i64, now: i64) -> &'static str {
     if now < refresh_at {
@@ -661,6 +779,100 @@ fn state_of(refresh_at: i64, now: i64) -> &'static str {
 }
 
 impl Table {
+    /// Notices a wall-clock jump and shifts every token's stamps by it, so
+    /// that what is served and shown agrees with the clock again. Renewal
+    /// deadlines run on the monotonic clock and are not touched: a jump
+    /// causes neither a refresh storm nor a token served past its expiry.
+    fn observe_clock(&mut self) {
+        let Some(jump) = self.clock.watch.check(now_unix_ms(), Instant::now()) else {
+            return;
+        };
+        self.clock.shifted += jump;
+        log::warn!("clock: the wall clock jumped {jump:+}s; token times shifted to match");
+        for slot in self.slots.values_mut() {
+            if slot.restored.is_none() {
+                if let Some(t) = &slot.token {
+                    slot.token = Some(Arc::new(shifted(t, jump)));
+                }
+                slot.refresh_at = slot.refresh_at.map(|r| r + jump);
+            }
+        }
+        if let Some(u) = self.clock.untrusted {
+            let behind = u.behind - jump;
+            if behind <= clock::SKEW_TOLERANCE
+                && (u.lower_bound || behind >= -clock::SKEW_TOLERANCE)
+            {
+                // Set right (NTP): the stored stamps mean what they say.
+                self.trust(true, "the wall clock was set");
+            } else {
+                self.distrust(Untrusted { behind, ..u });
+            }
+        }
+    }
+
+    /// What a partner's clock says about ours (after an answer from `name`).
+    fn learn_skew(&mut self, name: &str, skew: Option<i64>) {
+        match skew {
+            None | Some(0) if self.clock.untrusted.is_none() => {}
+            None => {}
+            Some(0) => {
+                // Ours agrees with the partner: the stored times came from a
+                // clock that was ahead; keep judging the stored tokens by
+                // them (the cautious reading).
+                self.trust(false, &format!("it agrees with {name}'s"));
+            }
+            Some(skew) => {
+                let known = self.clock.untrusted.map(|u| u.behind);
+                if known.is_none_or(|b| (b - skew).abs() > clock::SKEW_TOLERANCE) {
+                    log::warn!(
+                        "clock: {name}'s clock is {}s {} ours; ours is not trusted",
+                        skew.abs(),
+                        if skew > 0 { "ahead of" } else { "behind" }
+                    );
+                }
+                self.distrust(Untrusted {
+                    behind: skew,
+                    lower_bound: false,
+                });
+            }
+        }
+    }
+
+    fn distrust(&mut self, u: Untrusted) {
+        self.clock.untrusted = Some(u);
+        for slot in self.slots.values_mut() {
+            if let Some(original) = &slot.restored {
+                slot.token = Some(Arc::new(shifted(original, -u.behind.max(0))));
+            }
+        }
+    }
+
+    fn trust(&mut self, restore_stamps: bool, why: &str) {
+        log::info!("clock: trusted again ({why})");
+        self.clock.untrusted = None;
+        for slot in self.slots.values_mut() {
+            if let Some(original) = slot.restored.take() {
+                if restore_stamps {
+                    slot.token = Some(original);
+                }
+            }
+        }
+    }
+
+    /// A line for STATUS and systemd when the clock is not trusted.
+    fn clock_note(&self) -> Option<String> {
+        self.clock
+            .untrusted
+            .map(|u| match (u.behind > 0, u.lower_bound) {
+                (true, true) => format!(
+                    "untrusted: at least {}s behind the newest stored time",
+                    u.behind
+                ),
+                (true, false) => format!("untrusted: {}s behind the partners' clocks", u.behind),
+                (false, _) => format!("untrusted: {}s ahead of the partners' clocks", -u.behind),
+            })
+    }
+
     fn new_slot(&mut self, p: &ProviderSettings) -> Result<Slot, String> {
         let http = Http::new(p.timeout, p.ca_pem.as_deref())
             .map_err(|e| format!("providers.{}.ca_file: {e}", p.name))?;
@@ -672,6 +884,7 @@ impl Table {
             http: Arc::new(http),
             generation,
             token: None,
+            restored: None,
             health: Health::default(),
             refresh_at: None,
             next_attempt: None,
@@ -710,6 +923,9 @@ impl Table {
                 e.lines().next().unwrap_or("")
             ));
         }
+        if let Some(note) = self.clock_note() {
+            line.push_str(&format!("; clock {note}"));
+        }
         line
     }
 }
@@ -723,9 +939,14 @@ impl Slot {
             self.next_attempt = None;
             return;
         }
+        if self.restored.is_some() {
+            // The clock is not trusted: renew as soon as a partner answers.
+            self.plan_in(token::first_login_delay(rand::unit()));
+            return;
+        }
         match self.token.clone().filter(|t| t.is_valid(now)) {
             Some(t) => self.plan_renewal(&t, now),
-            None => self.plan_in(Duration::from_secs_f64(rand::unit())),
+            None => self.plan_in(token::first_login_delay(rand::unit())),
         }
     }
 
@@ -744,7 +965,7 @@ impl Slot {
         self.next_attempt = Some(Instant::now() + delay);
     }
 
-    fn start(&mut self, name: &str) -> Job {
+    fn start(&mut self, name: &str, clock_shifted: i64) -> Job {
         let op = if self.logout {
             Op::Logout
         } else {
@@ -763,9 +984,11 @@ impl Slot {
             settings: Arc::clone(&self.settings),
             provider: Arc::clone(&self.provider),
             http: Arc::clone(&self.http),
-            token: self.token.clone(),
+            // A restored token goes back to the store as it was stored.
+            token: self.restored.clone().or_else(|| self.token.clone()),
             health: self.health.clone(),
             op,
+            clock_shifted,
         }
     }
 
@@ -778,8 +1001,14 @@ impl Slot {
     ) {
         self.in_flight = false;
         self.finished = self.started;
-        // A refused token is never served again, even if its renewal failed.
-        self.token = token.filter(|_| !(self.refused && outcome.is_err()));
+        if self.refused && outcome.is_err() {
+            // A refused token is never served again, even if its renewal failed.
+            self.token = None;
+            self.restored = None;
+        } else if outcome.is_ok() || self.restored.is_none() {
+            self.token = token;
+            self.restored = None;
+        } // else: a failed renewal of a restored token keeps it as judged.
         self.refused = false;
         self.health = health;
         match outcome {
@@ -820,7 +1049,7 @@ impl Slot {
         let t = self.token.as_ref().filter(|t| t.is_valid(now))?;
         // A failed renewal puts the token in the window at once: the POS
         // should know that the next one may not come in time.
-        let state = if self.health.failures > 0 {
+        let state = if self.health.failures > 0 || self.restored.is_some() {
             "renewing"
         } else {
             state_of(self.refresh_at.unwrap_or(t.expires_at), now)

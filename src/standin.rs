@@ -89,6 +89,11 @@ pub enum Mode {
     Hang,
     /// Read the request, close without answering.
     Close,
+    /// Carry the request out (a refresh token is rotated, a new token
+    /// issued), then close without answering: the answer lost on the way.
+    LoseAnswer,
+    /// Answer normally, one byte per this interval (a dying link).
+    Trickle(Duration),
     /// Answer as the vendor does for wrong credentials.
     Reject,
 }
@@ -379,6 +384,23 @@ fn serve_stream<S: Read + Write>(mut s: S, inner: &Inner) {
                 let _ = write_huge(&mut s, n);
                 return;
             }
+            Outcome::Trickle(a, every) => {
+                let mut bytes = Vec::new();
+                let _ = write_answer(&mut bytes, &a, true);
+                for b in bytes {
+                    if s.write_all(&[b]).and_then(|()| s.flush()).is_err() {
+                        return;
+                    }
+                    let st = inner.lock();
+                    let _ = inner
+                        .stopped
+                        .wait_timeout_while(st, every, |_| !inner.stopping.load(Ordering::SeqCst));
+                    if inner.stopping.load(Ordering::SeqCst) {
+                        return;
+                    }
+                }
+                return;
+            }
             Outcome::Hang => {
                 let mut st = inner.lock();
                 while !inner.stopping.load(Ordering::SeqCst) {
@@ -570,6 +592,7 @@ fn write_huge<S: Write>(s: &mut S, n: usize) -> io::Result<()> {
 
 enum Outcome {
     Answer(Answer),
+    Trickle(Answer, Duration),
     Huge(usize),
     Hang,
     Close,
@@ -671,7 +694,7 @@ fn handle(inner: &Inner, req: &Request) -> Outcome {
         st.modes.get(&kind).cloned().unwrap_or(Mode::Normal)
     };
     let (outcome, status) = match mode {
-        Mode::Normal | Mode::Reject | Mode::Delay(_) => {
+        Mode::Normal | Mode::Reject | Mode::Delay(_) | Mode::LoseAnswer | Mode::Trickle(_) => {
             if let Mode::Delay(d) = mode {
                 let st = inner.lock();
                 let _ = inner
@@ -688,7 +711,11 @@ fn handle(inner: &Inner, req: &Request) -> Outcome {
                 }
             };
             let status = a.status;
-            (Outcome::Answer(a), status)
+            match mode {
+                Mode::LoseAnswer => (Outcome::Close, status),
+                Mode::Trickle(every) => (Outcome::Trickle(a, every), status),
+                _ => (Outcome::Answer(a), status),
+            }
         }
         Mode::Status {
             status,
@@ -939,7 +966,7 @@ fn autovit(inner: &Inner, req: &Request, f: &Map<String, Value>, reject: bool) -
                 400,
                 "unsupported_grant_type",
                 "Allowed grant types: password, partner",
-            )
+            );
         }
     };
     if !granted {
@@ -1136,7 +1163,11 @@ mod tests {
             401
         );
 
-        let av = format!("client_id=123&client_secret={}&grant_type=partner&partner_code=partner-name&partner_secret={}", creds::AUTOVIT_CLIENT_SECRET, creds::AUTOVIT_PARTNER_SECRET);
+        let av = format!(
+            "client_id=123&client_secret={}&grant_type=partner&partner_code=partner-name&partner_secret={}",
+            creds::AUTOVIT_CLIENT_SECRET,
+            creds::AUTOVIT_PARTNER_SECRET
+        );
         let (st, b) = post(&s, "/api/open/oauth/token", &[FORM], &av);
         assert_eq!(st, 200, "{b}");
         let v: Value = serde_json::from_str(&b).unwrap();

@@ -7,9 +7,34 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Wall-clock seconds since the epoch (negative before 1970).
 pub fn now_unix() -> i64 {
-    match SystemTime::now().duration_since(UNIX_EPOCH) {
-        Ok(d) => d.as_secs() as i64,
-        Err(e) => -(e.duration().as_secs() as i64),
+    now_unix_ms().div_euclid(1000)
+}
+
+/// Wall-clock milliseconds since the epoch.
+pub fn now_unix_ms() -> i64 {
+    let real = match SystemTime::now().duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_millis() as i64,
+        Err(e) => -(e.duration().as_millis() as i64),
+    };
+    real + test_clock_offset_ms()
+}
+
+/// The environment variable naming a file whose content (seconds, may be
+/// negative) is added to the wall clock. For the clock tests only: they
+/// cannot set the machine's clock, and libfaketime does not reach a binary
+/// running under qemu-user. Unset (always, outside tests) it costs one
+/// load of a cached `None`.
+pub const TEST_CLOCK_ENV: &str = "SHOP_AUTH_AGENT_TEST_CLOCK_OFFSET_FILE";
+
+fn test_clock_offset_ms() -> i64 {
+    static FILE: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    match FILE.get_or_init(|| std::env::var_os(TEST_CLOCK_ENV).map(Into::into)) {
+        None => 0,
+        Some(path) => std::fs::read_to_string(path)
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .unwrap_or(0)
+            .saturating_mul(1000),
     }
 }
 

@@ -116,20 +116,34 @@ pub fn refresh_at(token: &Token, refresh_before: Duration, jitter: f64) -> i64 {
     token.obtained_at + (offset - early).floor().max(0.0) as i64
 }
 
+/// The window over which a provider's first login after start is spread
+/// (when no valid token is held). Short enough that a POS asking for a
+/// token at once still gets it within TOKEN's 3 s wait, and as wide as
+/// PRODUCT.md allows ("the first login happens within 2 s of start") to
+/// spread a fleet of terminals powered on together.
+pub const FIRST_LOGIN_WINDOW: Duration = Duration::from_secs(2);
+
+/// Delay of the first login after start, for a draw in [0, 1).
+pub fn first_login_delay(draw: f64) -> Duration {
+    FIRST_LOGIN_WINDOW.mul_f64(draw.clamp(0.0, 1.0))
+}
+
 /// Delay before retry number `failures` (1 = after the first failure) of a
-/// transient error: full jitter over an exponential ceiling from 1 s to
-/// `max_backoff`, never under 1 s; `Retry-After` is honoured (up to an hour).
+/// transient error: full jitter between 1 s and an exponential ceiling
+/// (2 s, 4 s, 8 s, … up to `max_backoff`); `Retry-After` is honoured (up to
+/// an hour). Drawn from 1 s up rather than clamped to it, so that terminals
+/// failing together (a fleet against an overloaded partner) do not all come
+/// back at exactly 1 s.
 pub fn transient_backoff(
     failures: u32,
     max_backoff: Duration,
     retry_after: Option<Duration>,
     draw: f64,
 ) -> Duration {
-    let exp = failures.saturating_sub(1).min(30);
-    let ceiling = Duration::from_secs(1u64 << exp).min(max_backoff.max(Duration::from_secs(1)));
-    let jittered = ceiling
-        .mul_f64(draw.clamp(0.0, 1.0))
-        .max(Duration::from_secs(1));
+    let floor = Duration::from_secs(1);
+    let exp = failures.clamp(1, 30);
+    let ceiling = Duration::from_secs(1u64 << exp).min(max_backoff.max(floor));
+    let jittered = floor + (ceiling - floor).mul_f64(draw.clamp(0.0, 1.0));
     match retry_after {
         Some(ra) => jittered.max(ra.min(Duration::from_secs(3600))),
         None => jittered,
@@ -254,16 +268,40 @@ mod tests {
     fn transient_backoff_grows_with_full_jitter_and_caps() {
         let max = Duration::from_secs(300);
         let s = |f, d| transient_backoff(f, max, None, d).as_secs_f64();
-        assert_eq!(s(1, 1.0), 1.0);
-        assert_eq!(s(3, 1.0), 4.0);
-        assert_eq!(s(3, 0.5), 2.0);
-        assert_eq!(s(3, 0.0), 1.0); // never under 1 s
+        assert_eq!(s(1, 0.0), 1.0); // never under 1 s
+        assert_eq!(s(1, 1.0), 2.0);
+        assert_eq!(s(1, 0.5), 1.5); // the first retry is jittered too
+        assert_eq!(s(3, 1.0), 8.0);
+        assert_eq!(s(3, 0.5), 4.5);
+        assert_eq!(s(3, 0.0), 1.0);
         assert_eq!(s(20, 1.0), 300.0);
-        assert_eq!(s(u32::MAX, 0.5), 150.0);
+        assert_eq!(s(u32::MAX, 0.5), 150.5);
+        // A max_backoff under 1 s still waits 1 s.
+        assert_eq!(
+            transient_backoff(5, Duration::from_millis(10), None, 1.0),
+            Duration::from_secs(1)
+        );
         // Retry-After wins when longer, capped at an hour.
         let ra = |secs| transient_backoff(1, max, Some(Duration::from_secs(secs)), 0.5);
         assert_eq!(ra(30), Duration::from_secs(30));
         assert_eq!(ra(86400), Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn rejected_credentials_cost_a_handful_of_attempts_per_hour() {
+        // Shortest waits (draw 0): the most attempts a day can hold.
+        let mut at = 0u64;
+        let mut attempts = vec![0u32; 24];
+        let mut failures = 0;
+        while at < 24 * 3600 {
+            attempts[(at / 3600) as usize] += 1;
+            failures += 1;
+            at += rejected_backoff(failures, 0.0).as_secs();
+        }
+        // 0, 1, 3, 7, 15 and 31 minutes in the first hour, then hourly.
+        assert_eq!(attempts[0], 6, "{attempts:?}");
+        assert!(attempts[1..].iter().all(|&n| n <= 2), "{attempts:?}");
+        assert!(attempts.iter().sum::<u32>() <= 6 + 24, "{attempts:?}");
     }
 
     #[test]

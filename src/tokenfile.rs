@@ -20,11 +20,9 @@ pub fn write(path: &Path, contents: &[u8], gid: Option<u32>) -> io::Result<()> {
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "token file has no name"))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
+    // One fixed name: writes are serialised within the agent, and one
+    // left behind by a crash (kill -9, power loss) is reused, not piled up.
+    let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
     let result = (|| {
         let mut f = OpenOptions::new()
             .write(true)

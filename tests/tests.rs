@@ -6,4 +6,7 @@ mod util;
 
 mod agent_e2e;
 mod cli_e2e;
+mod clock_e2e;
+mod crash_e2e;
 mod faults_e2e;
+mod fleet_sim;

@@ -1,0 +1,127 @@
+//! The wall clock of an RTC-less Pi: wrong at boot, jumping when NTP
+//! synchronises. The agent's clock is moved through the test hook
+//! `timefmt::TEST_CLOCK_ENV` (a file holding an offset in seconds); the
+//! stand-in partners keep the real time, as real partners would.
+
+use crate::util::*;
+use shop_auth_agent::standin::{Kind, Mode};
+use shop_auth_agent::timefmt::TEST_CLOCK_ENV;
+
+fn set_clock(file: &std::path::Path, offset: i64) {
+    std::fs::write(file, offset.to_string()).unwrap();
+}
+
+fn expires_in(answer: &serde_json::Value) -> i64 {
+    answer["expires_in"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("{answer}"))
+}
+
+#[test]
+fn a_clock_behind_the_store_at_boot_is_distrusted_until_it_is_set() {
+    let dir = TempDir::new("clock-boot");
+    let partners = standin();
+    write_config(&dir, &config_text(&dir, "", &partners.providers_toml()));
+    let clock = dir.join("clock-offset");
+    set_clock(&clock, 0);
+    let env = [(TEST_CLOCK_ENV, clock.to_str().unwrap())];
+    let mut agent = Agent::spawn(&dir, &env);
+    agent.wait_ready();
+    let before = agent.wait_token("makeleaps");
+    agent.signal(libc::SIGTERM);
+    agent.wait_exit();
+
+    // Powered on again without network, the clock not yet synchronised
+    // and a day behind the time the token was obtained.
+    set_clock(&clock, -86_400);
+    for kind in Kind::ALL {
+        partners.set_mode(kind, Mode::Close);
+    }
+    let agent = Agent::spawn(&dir, &env);
+    agent.wait_ready();
+    let a = agent.ask("TOKEN makeleaps");
+    assert_eq!(a["ok"], true, "{a}");
+    assert_eq!(a["access_token"], before["access_token"]);
+    // Judged against the stored time, not the day-old clock (which would
+    // give it 25 hours), and flagged: a renewal is due.
+    assert!(expires_in(&a) <= 3600, "{a}");
+    assert!(expires_in(&a) > 3000, "{a}");
+    assert_eq!(a["state"], "renewing", "{a}");
+    let status = agent.ask("STATUS");
+    assert!(
+        status["clock"]
+            .as_str()
+            .is_some_and(|c| c.contains("untrusted")),
+        "{status}"
+    );
+
+    // The partner is reachable again: a fresh token comes at once (within
+    // the first backoffs), though its Date header says the clock is wrong.
+    for kind in Kind::ALL {
+        partners.set_mode(kind, Mode::Normal);
+    }
+    let fresh = wait_for("a renewed token", || {
+        let a = agent.ask("TOKEN makeleaps");
+        (a["ok"] == true && a["access_token"] != before["access_token"]).then_some(a)
+    });
+    assert!(expires_in(&fresh) <= 3600, "{fresh}");
+    let status = agent.ask("STATUS");
+    assert!(
+        status["clock"]
+            .as_str()
+            .is_some_and(|c| c.contains("behind the partners")),
+        "{status}"
+    );
+
+    // NTP sets the clock: the same token, as long-lived as before, and the
+    // clock trusted again.
+    set_clock(&clock, 0);
+    let after = agent.ask("TOKEN makeleaps");
+    assert_eq!(after["access_token"], fresh["access_token"], "{after}");
+    assert!(
+        (expires_in(&fresh) - expires_in(&after)).abs() <= 5,
+        "{fresh} {after}"
+    );
+    let status = agent.ask("STATUS");
+    assert!(status["clock"].is_null(), "{status}");
+    assert!(agent.log_text().contains("clock: trusted again"));
+}
+
+#[test]
+fn wall_clock_jumps_while_running_neither_stretch_nor_drop_a_token() {
+    let dir = TempDir::new("clock-jump");
+    let partners = standin();
+    write_config(&dir, &config_text(&dir, "", &partners.providers_toml()));
+    let clock = dir.join("clock-offset");
+    set_clock(&clock, 0);
+    let agent = Agent::spawn(&dir, &[(TEST_CLOCK_ENV, clock.to_str().unwrap())]);
+    agent.wait_ready();
+    let first = agent.wait_token("makeleaps");
+    let logins = partners.count(Kind::MakeLeaps);
+
+    // Set back two hours: the token must not live two hours longer.
+    set_clock(&clock, -7200);
+    let a = agent.ask("TOKEN makeleaps");
+    assert_eq!(a["access_token"], first["access_token"], "{a}");
+    assert!(expires_in(&a) <= expires_in(&first), "{first} {a}");
+
+    // A day forward: the token is not suddenly expired, and nothing
+    // rushes to the partner.
+    set_clock(&clock, 86_400);
+    let a = agent.ask("TOKEN makeleaps");
+    assert_eq!(a["ok"], true, "{a}");
+    assert_eq!(a["access_token"], first["access_token"], "{a}");
+    assert!(expires_in(&a) > expires_in(&first) - 30, "{first} {a}");
+    assert_eq!(a["state"], "fresh", "{a}");
+    let status = agent.ask("STATUS");
+    let ml = status["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["provider"] == "makeleaps")
+        .unwrap()
+        .clone();
+    assert_eq!(ml["state"], "fresh", "{status}");
+    assert_eq!(partners.count(Kind::MakeLeaps), logins);
+    assert!(agent.log_text().contains("clock: the wall clock jumped"));
+}
