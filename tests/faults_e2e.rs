@@ -474,3 +474,9 @@ fn a_refused_connection_is_a_transient_error() {
     let e = st["last_error"].as_str().unwrap();
     assert!(e.starts_with("transient") && e.contains("refused"), "{e}");
 }
+
+#[test]
+#[should_panic(expected = "token-shaped")]
+fn the_suite_wide_leak_check_would_see_a_token() {
+    assert_no_leak(&format!("INFO makeleaps: got {}", "c0ffee12".repeat(5)));
+}

@@ -227,6 +227,41 @@ impl Drop for Agent {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+        // Every agent the suite runs has its log searched for secrets and
+        // tokens, whatever the test was about.
+        if !std::thread::panicking() {
+            assert_no_leak(&self.log_text());
+        }
+    }
+}
+
+/// Fails if `text` holds a stand-in credential or anything shaped like the
+/// tokens the stand-ins issue (40 hex digits, `rT` + 30 hex digits, a JWT).
+pub fn assert_no_leak(text: &str) {
+    use shop_auth_agent::standin::creds::*;
+    for secret in [
+        AUTOLEAP_AUTH_KEY,
+        MAKELEAPS_CLIENT_SECRET,
+        AUTOVIT_CLIENT_SECRET,
+        AUTOVIT_PASSWORD,
+        AUTOVIT_PARTNER_SECRET,
+        CARRENTAL_PASSWORD,
+        OAUTH2_CLIENT_SECRET,
+        OAUTH2_PASSWORD,
+    ] {
+        assert!(!text.contains(secret), "a secret reached the log");
+    }
+    let mut run = 0;
+    for c in text.chars() {
+        run = if c.is_ascii_hexdigit() { run + 1 } else { 0 };
+        assert!(run < 30, "something token-shaped reached the log");
+    }
+    for (i, _) in text.match_indices("eyJ") {
+        let tail = &text[i..];
+        let len = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.'))
+            .unwrap_or(tail.len());
+        assert!(len < 20, "a JWT reached the log");
     }
 }
 
