@@ -17,24 +17,27 @@
 use crate::timefmt::format_rfc3339;
 use crate::token::Token;
 use serde::Serialize;
+use std::sync::Arc;
 
 /// The longest request line, newline included.
 pub const MAX_LINE: usize = 1024;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Request {
-    Token(String),
+/// One request; names borrow from the request line, so parsing allocates
+/// nothing (the server answers TOKEN without allocating).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request<'a> {
+    Token(&'a str),
     Status,
-    Refresh(String),
-    Invalidate(String),
-    Logout(String),
+    Refresh(&'a str),
+    Invalidate(&'a str),
+    Logout(&'a str),
     Ping,
 }
 
-impl Request {
+impl<'a> Request<'a> {
     /// The provider a request is about, if any.
-    pub fn provider(&self) -> Option<&str> {
-        match self {
+    pub fn provider(&self) -> Option<&'a str> {
+        match *self {
             Request::Token(n)
             | Request::Refresh(n)
             | Request::Invalidate(n)
@@ -46,7 +49,7 @@ impl Request {
 
 /// Parses one request line (without its newline; a trailing `\r` is allowed).
 /// The error is the message for a `bad_request` answer.
-pub fn parse(line: &[u8]) -> Result<Request, String> {
+pub fn parse<'a>(line: &'a [u8]) -> Result<Request<'a>, String> {
     let line = std::str::from_utf8(line).map_err(|_| "request is not UTF-8".to_owned())?;
     let line = line.strip_suffix('\r').unwrap_or(line);
     let mut words = line.split(' ').filter(|w| !w.is_empty());
@@ -55,29 +58,34 @@ pub fn parse(line: &[u8]) -> Result<Request, String> {
     if words.next().is_some() {
         return Err("too many words".to_owned());
     }
-    let name = |arg: Option<&str>| -> Result<String, String> {
+    let name = |arg: Option<&'a str>| -> Result<&'a str, String> {
         let name =
             arg.ok_or_else(|| format!("{} needs a provider name", verb.to_ascii_uppercase()))?;
         if crate::config::valid_name(name) {
-            Ok(name.to_owned())
+            Ok(name)
         } else {
             Err("provider names are 1 to 64 of a-z, 0-9, _ and -".to_owned())
         }
     };
-    let none = |arg: Option<&str>, r: Request| match arg {
+    let none = |arg: Option<&str>, r: Request<'a>| match arg {
         None => Ok(r),
         Some(_) => Err(format!("{} takes no argument", verb.to_ascii_uppercase())),
     };
-    match verb.to_ascii_uppercase().as_str() {
-        "TOKEN" => name(arg).map(Request::Token),
-        "REFRESH" => name(arg).map(Request::Refresh),
-        "INVALIDATE" => name(arg).map(Request::Invalidate),
-        "LOGOUT" => name(arg).map(Request::Logout),
-        "STATUS" => none(arg, Request::Status),
-        "PING" => none(arg, Request::Ping),
-        _ => {
-            Err("unknown verb; expected TOKEN, STATUS, REFRESH, INVALIDATE, LOGOUT or PING".into())
-        }
+    let is = |v: &str| verb.eq_ignore_ascii_case(v);
+    if is("TOKEN") {
+        name(arg).map(Request::Token)
+    } else if is("REFRESH") {
+        name(arg).map(Request::Refresh)
+    } else if is("INVALIDATE") {
+        name(arg).map(Request::Invalidate)
+    } else if is("LOGOUT") {
+        name(arg).map(Request::Logout)
+    } else if is("STATUS") {
+        none(arg, Request::Status)
+    } else if is("PING") {
+        none(arg, Request::Ping)
+    } else {
+        Err("unknown verb; expected TOKEN, STATUS, REFRESH, INVALIDATE, LOGOUT or PING".into())
     }
 }
 
@@ -111,29 +119,89 @@ pub fn error(code: ErrorCode, message: &str, retry_in: Option<u64>) -> String {
     })
 }
 
+/// The fields of a TOKEN answer that depend only on the provider and the
+/// token, in wire order; `expires_in` and `state` follow (see
+/// [`write_token_tail`]).
 #[derive(Serialize)]
-struct TokenAnswer<'a> {
+struct TokenHead<'a> {
     ok: bool,
     provider: &'a str,
     token_type: &'a str,
     access_token: &'a str,
     expires_at: String,
-    expires_in: i64,
-    state: &'a str,
+}
+
+/// Appends `{"ok":true,…,"expires_at":"…"`, the object left open.
+fn write_token_head(out: &mut Vec<u8>, provider: &str, token: &Token) {
+    serde_json::to_writer(
+        &mut *out,
+        &TokenHead {
+            ok: true,
+            provider,
+            token_type: &token.token_type,
+            access_token: token.access.expose(),
+            expires_at: format_rfc3339(token.expires_at),
+        },
+    )
+    .expect("answers always serialise");
+    debug_assert_eq!(out.last(), Some(&b'}'));
+    out.pop();
+}
+
+/// Appends `,"expires_in":N,"state":"…"}`; allocates nothing once `out`
+/// has room.
+fn write_token_tail(out: &mut Vec<u8>, expires_in: i64, state: &str) {
+    use std::io::Write;
+    out.extend_from_slice(b",\"expires_in\":");
+    write!(out, "{expires_in}").expect("writing to a Vec cannot fail");
+    out.extend_from_slice(b",\"state\":");
+    serde_json::to_writer(&mut *out, state).expect("a string always serialises");
+    out.push(b'}');
 }
 
 /// The TOKEN answer (also what REFRESH and INVALIDATE answer, and what token
 /// files hold). `state` is `fresh` or `renewing`.
 pub fn token(provider: &str, token: &Token, state: &str, now: i64) -> String {
-    to_line(&TokenAnswer {
-        ok: true,
-        provider,
-        token_type: &token.token_type,
-        access_token: token.access.expose(),
-        expires_at: format_rfc3339(token.expires_at),
-        expires_in: token.expires_in(now).max(0),
-        state,
-    })
+    let mut out = Vec::with_capacity(256);
+    write_token_head(&mut out, provider, token);
+    write_token_tail(&mut out, token.expires_in(now).max(0), state);
+    String::from_utf8(out).expect("serde_json writes UTF-8")
+}
+
+/// TOKEN answers for one connection, byte for byte those of [`token`]. The
+/// part that depends only on the provider and the token is serialised once
+/// per token and kept (with the token's `Arc`, so that pointer equality
+/// means the same token); each answer then copies it and writes the two
+/// fields that change with time.
+#[derive(Default)]
+pub struct TokenAnswers {
+    token: Option<Arc<Token>>,
+    provider: String,
+    head: Vec<u8>,
+}
+
+impl TokenAnswers {
+    /// Appends the answer (without newline) to `out`.
+    pub fn write(
+        &mut self,
+        out: &mut Vec<u8>,
+        provider: &str,
+        token: &Arc<Token>,
+        state: &str,
+        now: i64,
+    ) {
+        let same =
+            self.token.as_ref().is_some_and(|t| Arc::ptr_eq(t, token)) && self.provider == provider;
+        if !same {
+            self.head.clear();
+            write_token_head(&mut self.head, provider, token);
+            self.token = Some(Arc::clone(token));
+            self.provider.clear();
+            self.provider.push_str(provider);
+        }
+        out.extend_from_slice(&self.head);
+        write_token_tail(out, token.expires_in(now).max(0), state);
+    }
 }
 
 /// One provider in the STATUS answer: no token values.
@@ -209,17 +277,11 @@ mod tests {
 
     #[test]
     fn parses_every_verb_case_insensitively() {
-        assert_eq!(
-            parse(b"TOKEN invoices"),
-            Ok(Request::Token("invoices".into()))
-        );
-        assert_eq!(
-            parse(b"token  invoices\r"),
-            Ok(Request::Token("invoices".into()))
-        );
-        assert_eq!(parse(b"Refresh a"), Ok(Request::Refresh("a".into())));
-        assert_eq!(parse(b"INVALIDATE a"), Ok(Request::Invalidate("a".into())));
-        assert_eq!(parse(b"logout a"), Ok(Request::Logout("a".into())));
+        assert_eq!(parse(b"TOKEN invoices"), Ok(Request::Token("invoices")));
+        assert_eq!(parse(b"token  invoices\r"), Ok(Request::Token("invoices")));
+        assert_eq!(parse(b"Refresh a"), Ok(Request::Refresh("a")));
+        assert_eq!(parse(b"INVALIDATE a"), Ok(Request::Invalidate("a")));
+        assert_eq!(parse(b"logout a"), Ok(Request::Logout("a")));
         assert_eq!(parse(b"status"), Ok(Request::Status));
         assert_eq!(parse(b"PING"), Ok(Request::Ping));
     }
@@ -256,6 +318,14 @@ mod tests {
             expires_at: 1_795_003_600,
         };
         let line = token("invoices", &t, "fresh", 1_795_000_001);
+        // The exact bytes: field order is part of what clients have seen.
+        assert_eq!(
+            line,
+            format!(
+                r#"{{"ok":true,"provider":"invoices","token_type":"Bearer","access_token":"abc","expires_at":"{}","expires_in":3599,"state":"fresh"}}"#,
+                format_rfc3339(1_795_003_600)
+            )
+        );
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["ok"], true);
         assert_eq!(v["provider"], "invoices");
@@ -266,6 +336,39 @@ mod tests {
         assert_eq!(v["expires_at"], format_rfc3339(1_795_003_600));
         assert!(!line.contains("never-shown"));
         assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn cached_token_answers_are_the_same_bytes() {
+        let t = |access: &str, expires_at| {
+            Arc::new(Token {
+                access: Secret::new(access),
+                refresh: None,
+                token_type: "Bearer".into(),
+                scope: None,
+                obtained_at: 1_795_000_000,
+                expires_at,
+            })
+        };
+        let (a, b) = (t("a\"b\\c", 1_795_003_600), t("next", 1_795_007_200));
+        let mut answers = TokenAnswers::default();
+        let mut out = Vec::new();
+        for (name, tok, state, now) in [
+            ("invoices", &a, "fresh", 1_795_000_001),
+            ("invoices", &a, "renewing", 1_795_003_000),
+            ("invoices", &b, "fresh", 1_795_003_001),
+            ("cars", &b, "fresh", 1_795_003_002),
+            ("cars", &b, "fresh", 1_795_999_999),
+        ] {
+            out.clear();
+            answers.write(&mut out, name, tok, state, now);
+            assert_eq!(
+                String::from_utf8(out.clone()).unwrap(),
+                token(name, tok, state, now)
+            );
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["expires_in"], 0);
     }
 
     #[test]

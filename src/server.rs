@@ -4,8 +4,8 @@
 //! request line (1024 bytes); idle connections close after 60 s.
 
 use crate::config::AgentSettings;
-use crate::protocol::{self, ErrorCode, Request, MAX_LINE};
-use crate::scheduler::{Scheduler, TokenError, TOKEN_WAIT};
+use crate::protocol::{self, ErrorCode, Request, TokenAnswers, MAX_LINE};
+use crate::scheduler::{Scheduler, Served, TokenError, TOKEN_WAIT};
 use crate::sys::{self, Peer};
 use crate::timefmt::now_unix;
 use std::io::{self, Read, Write};
@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Connections served at once; more are answered `internal` and closed.
 pub const MAX_CONNECTIONS: usize = 256;
@@ -51,8 +51,21 @@ pub fn bind(agent: &AgentSettings) -> io::Result<UnixListener> {
 /// The running server; [`Server::stop`] stops accepting and removes the socket.
 pub struct Server {
     path: PathBuf,
+    /// Device and inode of the socket file we bound, so that stopping never
+    /// removes a socket that has since been replaced by someone else's.
+    file_id: Option<(u64, u64)>,
     stopping: Arc<AtomicBool>,
     thread: Option<thread::JoinHandle<()>>,
+}
+
+/// How long [`Server::stop`] waits for the accept thread to notice.
+const STOP_WAIT: Duration = Duration::from_secs(2);
+
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
 }
 
 impl Server {
@@ -69,6 +82,7 @@ impl Server {
             .spawn(move || accept_loop(listener, scheduler, stop))?;
         Ok(Server {
             path: path.to_owned(),
+            file_id: file_id(path),
             stopping,
             thread: Some(thread),
         })
@@ -76,22 +90,85 @@ impl Server {
 
     pub fn stop(mut self) {
         self.stopping.store(true, Ordering::SeqCst);
-        // Wake the blocked accept() with a connection of our own.
+        // Wake the blocked accept() with a connection of our own. It reaches
+        // us only while our socket file is still in place: if it was removed
+        // (or replaced), the accept thread sleeps on and is left behind
+        // rather than joined, so that stopping never hangs.
         let _ = UnixStream::connect(&self.path);
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            let deadline = Instant::now() + STOP_WAIT;
+            while !t.is_finished() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(5));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            } else {
+                log::warn!(
+                    "socket: {} was removed or replaced; stopping without waiting for \
+                     the accept thread",
+                    self.path.display()
+                );
+            }
         }
-        if let Err(e) = std::fs::remove_file(&self.path) {
-            if e.kind() != io::ErrorKind::NotFound {
-                log::warn!("removing {}: {e}", self.path.display());
+        if self.file_id.is_some() && file_id(&self.path) == self.file_id {
+            if let Err(e) = std::fs::remove_file(&self.path) {
+                if e.kind() != io::ErrorKind::NotFound {
+                    log::warn!("removing {}: {e}", self.path.display());
+                }
             }
         }
     }
 }
 
+/// At most one log line per this period for a problem that repeats with
+/// every connection (cap reached, accept failing).
+const LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Lets a repeating warning through at most once per [`LOG_EVERY`],
+/// counting the ones held back.
+#[derive(Default)]
+struct Throttle {
+    last: Option<Instant>,
+    held_back: u64,
+}
+
+impl Throttle {
+    /// `Some(n)` when a line should be logged now, `n` being how many were
+    /// held back since the last one.
+    fn check(&mut self, now: Instant) -> Option<u64> {
+        match self.last {
+            Some(t) if now.saturating_duration_since(t) < LOG_EVERY => {
+                self.held_back += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.held_back))
+            }
+        }
+    }
+}
+
+fn held_back(n: u64) -> String {
+    if n == 0 {
+        String::new()
+    } else {
+        format!(" ({n} more since the last such line)")
+    }
+}
+
+/// Counts an open connection until dropped, also when its thread panics.
+struct Open(Arc<AtomicUsize>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 fn accept_loop(listener: UnixListener, scheduler: Arc<Scheduler>, stopping: Arc<AtomicBool>) {
     let open = Arc::new(AtomicUsize::new(0));
-    let mut full_logged = false;
+    let (mut full_log, mut accept_log) = (Throttle::default(), Throttle::default());
     for conn in listener.incoming() {
         if stopping.load(Ordering::SeqCst) {
             return;
@@ -99,40 +176,49 @@ fn accept_loop(listener: UnixListener, scheduler: Arc<Scheduler>, stopping: Arc<
         let mut stream = match conn {
             Ok(s) => s,
             Err(e) => {
-                log::warn!("socket: accept failed: {e}");
+                if let Some(n) = accept_log.check(Instant::now()) {
+                    log::warn!("socket: accept failed: {e}{}", held_back(n));
+                }
                 // E.g. out of file descriptors: don't spin.
                 thread::sleep(Duration::from_millis(50));
                 continue;
             }
         };
         if open.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
-            if !full_logged {
-                log::warn!("socket: {MAX_CONNECTIONS} connections open; refusing new ones");
-                full_logged = true;
+            if let Some(n) = full_log.check(Instant::now()) {
+                log::warn!(
+                    "socket: {MAX_CONNECTIONS} connections open; refusing new ones{}",
+                    held_back(n)
+                );
             }
             let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
             let line = protocol::error(ErrorCode::Internal, "too many connections", Some(1));
             let _ = stream.write_all(format!("{line}\n").as_bytes());
             continue;
         }
-        full_logged = false;
         open.fetch_add(1, Ordering::SeqCst);
         let (sched, count) = (Arc::clone(&scheduler), Arc::clone(&open));
         let spawned = thread::Builder::new()
             .name("conn".into())
             .stack_size(128 * 1024)
             .spawn(move || {
+                let _open = Open(count);
                 serve(stream, &sched);
-                count.fetch_sub(1, Ordering::SeqCst);
             });
         if let Err(e) = spawned {
             open.fetch_sub(1, Ordering::SeqCst);
-            log::warn!("socket: cannot start a connection thread: {e}");
+            if let Some(n) = accept_log.check(Instant::now()) {
+                log::warn!(
+                    "socket: cannot start a connection thread: {e}{}",
+                    held_back(n)
+                );
+            }
         }
     }
 }
 
 /// Answers one connection's requests until it closes, idles or misbehaves.
+/// A client that stops reading its answers is dropped after WRITE_TIMEOUT.
 fn serve(mut stream: UnixStream, scheduler: &Scheduler) {
     if stream.set_read_timeout(Some(IDLE_TIMEOUT)).is_err()
         || stream.set_write_timeout(Some(WRITE_TIMEOUT)).is_err()
@@ -142,11 +228,23 @@ fn serve(mut stream: UnixStream, scheduler: &Scheduler) {
     let peer = sys::peer(&stream).ok();
     let mut buf = [0u8; MAX_LINE];
     let mut len = 0;
+    // Reused for every answer, so that after the first one a TOKEN answer
+    // allocates nothing and its token is not serialised again.
+    let mut out = Vec::with_capacity(512);
+    let mut answers = TokenAnswers::default();
     loop {
         if let Some(pos) = buf[..len].iter().position(|&b| b == b'\n') {
-            let mut answer = respond(&buf[..pos], peer.as_ref(), scheduler);
-            answer.push('\n');
-            if stream.write_all(answer.as_bytes()).is_err() {
+            out.clear();
+            respond_into(
+                &buf[..pos],
+                peer.as_ref(),
+                scheduler,
+                &mut answers,
+                &mut out,
+            );
+            out.push(b'\n');
+            // No lock is held while writing: respond_into has returned.
+            if stream.write_all(&out).is_err() {
                 return;
             }
             buf.copy_within(pos + 1..len, 0);
@@ -163,41 +261,79 @@ fn serve(mut stream: UnixStream, scheduler: &Scheduler) {
             return;
         }
         match stream.read(&mut buf[len..]) {
-            Ok(0) | Err(_) => return,
+            Ok(0) => return,
             Ok(n) => len += n,
+            // With a read timeout set, a stop and continue of the process
+            // (SIGSTOP, a debugger, strace attaching) fails the read with
+            // EINTR: the client is still there.
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return,
         }
     }
 }
 
 /// The answer line (without newline) to one request line.
 pub fn respond(line: &[u8], peer: Option<&Peer>, scheduler: &Scheduler) -> String {
+    let mut out = Vec::new();
+    respond_into(
+        line,
+        peer,
+        scheduler,
+        &mut TokenAnswers::default(),
+        &mut out,
+    );
+    String::from_utf8(out).expect("answers are UTF-8")
+}
+
+/// Appends the answer (without newline) to one request line to `out`.
+/// TOKEN, REFRESH and INVALIDATE answers go through `answers`, which keeps
+/// the serialised token between requests of one connection.
+fn respond_into(
+    line: &[u8],
+    peer: Option<&Peer>,
+    scheduler: &Scheduler,
+    answers: &mut TokenAnswers,
+    out: &mut Vec<u8>,
+) {
     let request = match protocol::parse(line) {
         Ok(r) => r,
-        Err(message) => return protocol::error(ErrorCode::BadRequest, &message, None),
+        Err(message) => {
+            return out.extend_from_slice(
+                protocol::error(ErrorCode::BadRequest, &message, None).as_bytes(),
+            )
+        }
     };
     if let Some(name) = request.provider() {
         match scheduler.access(name) {
-            None => return unknown(name),
+            None => return out.extend_from_slice(unknown(name).as_bytes()),
             Some(Some(access)) if !peer.is_some_and(|p| access.allows(p)) => {
-                return protocol::error(
+                let line = protocol::error(
                     ErrorCode::Forbidden,
                     &format!("not allowed to use provider {name}"),
                     None,
-                )
+                );
+                return out.extend_from_slice(line.as_bytes());
             }
             Some(_) => {}
         }
     }
+    let mut token_answer = |name: &str, result: Result<Served, TokenError>| match result {
+        Ok((token, state)) => answers.write(out, name, &token, state, now_unix()),
+        Err(e) => out.extend_from_slice(token_error(name, e).as_bytes()),
+    };
     match request {
-        Request::Ping => protocol::ping(),
-        Request::Status => scheduler.status(),
-        Request::Token(name) => token_answer(&name, scheduler.token(&name, TOKEN_WAIT)),
-        Request::Refresh(name) => token_answer(&name, scheduler.renew(&name, false)),
-        Request::Invalidate(name) => token_answer(&name, scheduler.renew(&name, true)),
-        Request::Logout(name) => match scheduler.logout(&name) {
-            Ok(()) => protocol::logged_out(&name),
-            Err(e) => token_error(&name, e),
-        },
+        Request::Token(name) => token_answer(name, scheduler.token(name, TOKEN_WAIT)),
+        Request::Refresh(name) => token_answer(name, scheduler.renew(name, false)),
+        Request::Invalidate(name) => token_answer(name, scheduler.renew(name, true)),
+        Request::Ping => out.extend_from_slice(protocol::ping().as_bytes()),
+        Request::Status => out.extend_from_slice(scheduler.status().as_bytes()),
+        Request::Logout(name) => {
+            let line = match scheduler.logout(name) {
+                Ok(()) => protocol::logged_out(name),
+                Err(e) => token_error(name, e),
+            };
+            out.extend_from_slice(line.as_bytes());
+        }
     }
 }
 
@@ -207,13 +343,6 @@ fn unknown(name: &str) -> String {
         &format!("no provider named {name}"),
         None,
     )
-}
-
-fn token_answer(name: &str, result: Result<crate::scheduler::Served, TokenError>) -> String {
-    match result {
-        Ok((token, state)) => protocol::token(name, &token, state, now_unix()),
-        Err(e) => token_error(name, e),
-    }
 }
 
 fn token_error(name: &str, e: TokenError) -> String {
@@ -227,5 +356,49 @@ fn token_error(name: &str, e: TokenError) -> String {
         TokenError::RefreshFailed { message, retry_in } => {
             protocol::error(ErrorCode::RefreshFailed, &message, retry_in)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stopping_neither_hangs_nor_removes_a_replaced_socket() {
+        let dir = std::env::temp_dir().join(format!("saa-server-{}", crate::rand::hex(12)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("agent.sock");
+        let text = format!(
+            "[agent]\nsocket = {:?}\nstate_dir = {:?}\n",
+            path.display().to_string(),
+            dir.join("state").display().to_string()
+        );
+        let no_env = |_: &str| None;
+        let settings = crate::config::parse(&text, "test", None, false, &no_env).unwrap();
+        let scheduler = Scheduler::new(&settings, None).unwrap();
+        let server = Server::start(bind(&settings.agent).unwrap(), &path, scheduler).unwrap();
+        // Our socket file is removed and another program binds the path:
+        // the wake-up connection can no longer reach our accept().
+        std::fs::remove_file(&path).unwrap();
+        let other = UnixListener::bind(&path).unwrap();
+        let start = Instant::now();
+        server.stop();
+        assert!(start.elapsed() < STOP_WAIT + Duration::from_secs(5));
+        assert!(path.exists(), "removed the other program's socket");
+        drop(other);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_repeating_warning_is_logged_once_a_minute_with_a_count() {
+        let mut t = Throttle::default();
+        let start = Instant::now();
+        assert_eq!(t.check(start), Some(0));
+        for s in 1..60 {
+            assert_eq!(t.check(start + Duration::from_secs(s)), None);
+        }
+        assert_eq!(t.check(start + Duration::from_secs(60)), Some(59));
+        assert_eq!(t.check(start + Duration::from_secs(61)), None);
+        assert_eq!(t.check(start + Duration::from_secs(200)), Some(1));
     }
 }

@@ -98,7 +98,7 @@ impl Store {
             .path(&path)
             // Tokens are few and small; keep the page cache and segments small.
             .cache_capacity(256 * 1024)
-            .segment_size(64 * 1024)
+            .segment_size(segment_size(&path))
             // We flush after every change ourselves; no background flusher.
             .flush_every_ms(None)
             .open()
@@ -207,6 +207,32 @@ impl Store {
     }
 }
 
+/// The segment size of a database created now. Measured (BENCHMARKS.md):
+/// 10,000 refreshes leave ~330 KiB on disk with 64 KiB segments against
+/// 2.5 MiB with sled's 512 KiB; smaller segments save a little more space but
+/// not writes, and lower sled's limit for a page kept inline in the log
+/// (a quarter segment) below what a few large JWTs with refresh tokens need.
+const NEW_SEGMENT_SIZE: usize = 64 * 1024;
+
+/// The segment size to open the database at `path` with. sled refuses a
+/// database created with another segment size (`Unsupported`, which
+/// [`StoreError::is_damage`] would treat as damage and move aside), so an
+/// existing database keeps the one recorded in its `conf` file
+/// (`segment_size: N` lines, then a CRC).
+fn segment_size(path: &Path) -> usize {
+    std::fs::read(path.join("conf"))
+        .ok()
+        .and_then(|bytes| {
+            String::from_utf8_lossy(&bytes)
+                .lines()
+                .find_map(|l| l.strip_prefix("segment_size: "))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+        })
+        // What sled itself accepts; anything else is for sled to report.
+        .filter(|s| s.is_power_of_two() && (256..=1 << 24).contains(s))
+        .unwrap_or(NEW_SEGMENT_SIZE)
+}
+
 fn key(name: &str) -> Vec<u8> {
     format!("{PREFIX}{name}").into_bytes()
 }
@@ -222,6 +248,25 @@ mod tests {
         let d = std::env::temp_dir().join(format!("saa-store-{}", crate::rand::hex(12)));
         std::fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    /// Opens a store just closed in this process. sled releases its file
+    /// lock only when the last reference to the database goes, and some
+    /// are dropped later by its background threads and epoch-based
+    /// reclamation: retry while the lock is still held.
+    fn reopen(dir: &Path) -> Store {
+        let start = std::time::Instant::now();
+        loop {
+            match Store::open(dir) {
+                Err(e)
+                    if e.to_string().contains("could not acquire lock")
+                        && start.elapsed() < std::time::Duration::from_secs(10) =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                other => return other.unwrap(),
+            }
+        }
     }
 
     fn record() -> Record {
@@ -252,9 +297,27 @@ mod tests {
             s.save("b", &Record::default()).unwrap();
             s.remove("b").unwrap();
         }
-        let s = Store::open(&dir).unwrap();
+        let s = reopen(&dir);
         let all = s.load_all().unwrap();
         assert_eq!(all, vec![("a".to_owned(), record())]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn keeps_the_segment_size_a_database_was_created_with() {
+        let dir = tempdir();
+        {
+            // As an older agent might have: sled's default 512 KiB segments.
+            let db = sled::Config::new().path(dir.join("db")).open().unwrap();
+            db.insert(SCHEMA_KEY, SCHEMA_VERSION).unwrap();
+            db.flush().unwrap();
+        }
+        assert_eq!(segment_size(&dir.join("db")), 512 * 1024);
+        let s = reopen(&dir);
+        s.save("a", &record()).unwrap();
+        drop(s);
+        assert_eq!(reopen(&dir).load_all().unwrap().len(), 1);
+        assert_eq!(segment_size(&dir.join("fresh")), NEW_SEGMENT_SIZE);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
