@@ -58,21 +58,19 @@ impl Agent {
         let listener = server::bind(&settings.agent).map_err(|e| {
             StartError::Io(format!("binding {}: {e}", settings.agent.socket.display()))
         })?;
-        let store = match Store::open_or_recover(&settings.agent.state_dir) {
-            Ok(s) => Some(s),
+        let (store, store_error) = match Store::open_or_recover(&settings.agent.state_dir) {
+            Ok(s) => (s, None),
             Err(e) => {
-                log::error!("store: {e}; running with tokens in memory only");
-                None
+                log::error!(
+                    "store: {e}; running with tokens in memory only, trying again at each change"
+                );
+                (Store::unopened(&settings.agent.state_dir), Some(e))
             }
         };
-        let store_failed = store.is_none();
-        let scheduler = Scheduler::new(&settings, store).map_err(StartError::Config)?;
-        if store_failed {
-            // STATUS shows it; the message names the directory, no secret.
-            scheduler.set_store_error(format!(
-                "cannot open the store in {}",
-                settings.agent.state_dir.display()
-            ));
+        let scheduler = Scheduler::new(&settings, Some(store)).map_err(StartError::Config)?;
+        if let Some(e) = store_error {
+            // STATUS shows it until a write works; no secret in it.
+            scheduler.set_store_error(e);
         }
         scheduler
             .spawn()

@@ -19,7 +19,9 @@ fn main() {
 fn init_logging() {
     let mut builder = env_logger::Builder::from_env(
         env_logger::Env::default()
-            .default_filter_or("info,sled=warn,ureq=warn,ureq_proto=warn,rustls=warn"),
+            // sled=off: the store's own error lines carry sled's error, and
+            // sled would repeat it on every retry (RUST_LOG=sled=warn shows it).
+            .default_filter_or("info,sled=off,ureq=warn,ureq_proto=warn,rustls=warn"),
     );
     // The HTTP client's own debug and trace lines describe requests; its
     // authors redact headers, but we take no chances with bodies: whatever

@@ -247,8 +247,9 @@ impl Scheduler {
     }
 
     fn lock(&self) -> MutexGuard<'_, Table> {
-        // A panic while holding the lock would abort the process (panic =
-        // abort in release); in tests, carry on with the data as it is.
+        // A thread that panicked while holding the lock leaves it poisoned:
+        // carry on with the data as it is (no update leaves it half-done)
+        // rather than panic every thread after it.
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -418,7 +419,11 @@ impl Scheduler {
             // Without a store (it could not be opened) there is nothing to
             // note: STATUS keeps saying why.
             if let Some(store) = &self.store {
-                self.note_store_result(store.save(name, &record));
+                if self.note_store_result(store.save(name, &record)) {
+                    // Writes failed for a while: bring every other record
+                    // on disk up to date too.
+                    self.save_all_but(store, name);
+                }
             }
             if let Some(path) = &job.settings.file {
                 let now = now_unix();
@@ -453,25 +458,55 @@ impl Scheduler {
         notify::status(&summary);
     }
 
-    fn note_store_result(&self, result: Result<(), crate::store::StoreError>) {
+    /// Notes the outcome of a store write; true when writing works again
+    /// after failing.
+    fn note_store_result(&self, result: Result<(), crate::store::StoreError>) -> bool {
         let mut table = self.lock();
         match result {
             Ok(()) => {
                 if table.store_error.take().is_some() {
                     table.store_cause = None;
                     log::info!("store: writing works again");
+                    return true;
                 }
+                false
             }
             Err(e) => {
                 // Logged once per cause (a full disk, a read-only one), not
                 // on every write nor again for each provider it hits.
-                let cause = e.source.to_string();
+                let cause = store_cause(&e);
                 if table.store_cause.as_deref() != Some(cause.as_str()) {
                     log::error!("store: {e}; tokens are kept in memory only");
                 }
                 table.store_cause = Some(cause);
                 table.store_error = Some(e.to_string());
+                false
             }
+        }
+    }
+
+    /// Writes the current record of every provider but `done`. Called with
+    /// `writes` held.
+    fn save_all_but(&self, store: &Store, done: &str) {
+        let records: Vec<(String, Record)> = self
+            .lock()
+            .slots
+            .iter()
+            .filter(|(name, _)| name.as_str() != done)
+            .map(|(name, slot)| {
+                let token = slot.restored.as_ref().or(slot.token.as_ref());
+                let record = Record {
+                    identity: slot.settings.identity(),
+                    token: token
+                        .filter(|_| slot.settings.persist)
+                        .map(|t| Token::clone(t)),
+                    health: slot.health.clone(),
+                };
+                (name.clone(), record)
+            })
+            .collect();
+        for (name, record) in records {
+            self.note_store_result(store.save(&name, &record));
         }
     }
 
@@ -717,9 +752,12 @@ impl Scheduler {
         ))
     }
 
-    /// Records that the store cannot be used (shown by STATUS).
-    pub fn set_store_error(&self, error: String) {
-        self.lock().store_error = Some(error);
+    /// Records that the store could not be opened (shown by STATUS until a
+    /// write works; a failure of the same cause is not logged again).
+    pub fn set_store_error(&self, error: crate::store::StoreError) {
+        let mut table = self.lock();
+        table.store_cause = Some(store_cause(&error));
+        table.store_error = Some(error.to_string());
     }
 
     /// Records that a reloaded config was refused (shown by STATUS).
@@ -758,6 +796,16 @@ fn obtain(
         }
     }
     job.provider.login(&job.http).map(|g| (g, "logged in"))
+}
+
+/// What a store error is about, for logging each cause once: an I/O error
+/// by its kind, since sled words the same full disk differently when
+/// writing and when reopening.
+fn store_cause(e: &crate::store::StoreError) -> String {
+    match &e.source {
+        sled::Error::Io(io) => format!("{:?}", io.kind()),
+        other => other.to_string(),
+    }
 }
 
 /// The token with its wall-clock stamps moved by `by` seconds.

@@ -74,62 +74,120 @@ impl StoreError {
 const SCHEMA_ERROR: &str = "schema version";
 
 pub struct Store {
-    db: sled::Db,
+    /// `None` after a write failed and reopening has not worked yet.
+    db: std::sync::Mutex<Option<sled::Db>>,
     path: PathBuf,
+    /// A write failed: sled 0.34 keeps failing every later write of that
+    /// database (its first I/O error sticks) even once the disk has room or
+    /// is writable again, so the next write reopens it first.
+    failed: std::sync::atomic::AtomicBool,
 }
+
+/// How long a reopen waits for sled to release the old database's file
+/// lock (it does so when its last internal reference goes, which its
+/// background threads may hold a moment longer).
+const REOPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Store {
     /// Opens (or creates) the database in `<state_dir>/db`. The state
     /// directory is created 0700 when missing.
     pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
-        let path = state_dir.join("db");
-        let err = |context: String| move |source| StoreError { context, source };
-        if !state_dir.exists() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(state_dir)
-                .map_err(|e| StoreError {
-                    context: format!("creating {}", state_dir.display()),
-                    source: sled::Error::Io(e),
-                })?;
+        let db = open_checked(state_dir)?;
+        Ok(Store {
+            db: std::sync::Mutex::new(Some(db)),
+            path: state_dir.join("db"),
+            failed: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// A store that could not be opened (a read-only or full disk, say):
+    /// every use tries to open it again, so that tokens reach the disk
+    /// once it works. Until then each use fails with the reason.
+    pub fn unopened(state_dir: &Path) -> Store {
+        Store {
+            db: std::sync::Mutex::new(None),
+            path: state_dir.join("db"),
+            failed: std::sync::atomic::AtomicBool::new(true),
         }
-        let db = sled::Config::new()
-            .path(&path)
-            // Tokens are few and small; keep the page cache and segments small.
-            .cache_capacity(256 * 1024)
-            .segment_size(segment_size(&path))
-            // We flush after every change ourselves; no background flusher.
-            .flush_every_ms(None)
-            .open()
-            .map_err(err(format!("opening {}", path.display())))?;
-        let store = Store { db, path };
-        match store
-            .db
-            .get(SCHEMA_KEY)
-            .map_err(err("reading schema version".into()))?
-        {
-            None => {
-                store
-                    .db
-                    .insert(SCHEMA_KEY, SCHEMA_VERSION)
-                    .map_err(err("writing schema version".into()))?;
-                store.flush()?;
-            }
-            Some(v) if v.as_ref() == SCHEMA_VERSION => {}
-            Some(v) => {
-                return Err(StoreError {
-                    context: format!(
-                        "{} has schema version {:?}, this agent knows {:?}",
-                        store.path.display(),
-                        String::from_utf8_lossy(&v),
-                        String::from_utf8_lossy(SCHEMA_VERSION)
-                    ),
-                    source: sled::Error::Unsupported(SCHEMA_ERROR.into()),
-                })
-            }
+    }
+}
+
+/// Creates the state directory when missing, opens the database in it and
+/// checks (or writes) its schema version.
+fn open_checked(state_dir: &Path) -> Result<sled::Db, StoreError> {
+    let path = state_dir.join("db");
+    let err = |context: String| move |source| StoreError { context, source };
+    if !state_dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(state_dir)
+            .map_err(|e| StoreError {
+                context: format!("creating {}", state_dir.display()),
+                source: sled::Error::Io(e),
+            })?;
+    }
+    let db = open_db(&path)?;
+    match db
+        .get(SCHEMA_KEY)
+        .map_err(err("reading schema version".into()))?
+    {
+        None => {
+            db.insert(SCHEMA_KEY, SCHEMA_VERSION)
+                .map_err(err("writing schema version".into()))?;
+            db.flush()
+                .map_err(err(format!("flushing {}", path.display())))?;
         }
-        Ok(store)
+        Some(v) if v.as_ref() == SCHEMA_VERSION => {}
+        Some(v) => {
+            return Err(StoreError {
+                context: format!(
+                    "{} has schema version {:?}, this agent knows {:?}",
+                    path.display(),
+                    String::from_utf8_lossy(&v),
+                    String::from_utf8_lossy(SCHEMA_VERSION)
+                ),
+                source: sled::Error::Unsupported(SCHEMA_ERROR.into()),
+            })
+        }
+    }
+    Ok(db)
+}
+
+impl Store {
+    /// Runs `f` on the database, reopening it first when an earlier write
+    /// failed; a failure of `f` marks it for reopening.
+    fn with_db<T>(
+        &self,
+        f: impl FnOnce(&sled::Db) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        use std::sync::atomic::Ordering;
+        let mut slot = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        if self.failed.load(Ordering::SeqCst) {
+            // Drop the stuck database before opening the files again.
+            drop(slot.take());
+            let start = std::time::Instant::now();
+            let state_dir = self.path.parent().unwrap_or(Path::new("."));
+            *slot = Some(loop {
+                match open_checked(state_dir) {
+                    Ok(db) => break db,
+                    Err(e)
+                        if e.source.to_string().contains("acquire lock")
+                            && start.elapsed() < REOPEN_WAIT =>
+                    {
+                        std::thread::sleep(std::time::Duration::from_millis(10))
+                    }
+                    Err(e) => return Err(e),
+                }
+            });
+            self.failed.store(false, Ordering::SeqCst);
+        }
+        let db = slot.as_ref().expect("reopened above");
+        let result = f(db);
+        if result.is_err() {
+            self.failed.store(true, Ordering::SeqCst);
+        }
+        result
     }
 
     /// Opens the store; if it cannot be opened, moves the broken database
@@ -165,7 +223,8 @@ impl Store {
     /// (they will be overwritten by the next success).
     pub fn load_all(&self) -> Result<Vec<(String, Record)>, StoreError> {
         let mut out = Vec::new();
-        for item in self.db.scan_prefix(PREFIX) {
+        let items: Vec<_> = self.with_db(|db| Ok(db.scan_prefix(PREFIX).collect()))?;
+        for item in items {
             let (k, v) = item.map_err(|source| StoreError {
                 context: "reading records".into(),
                 source,
@@ -182,29 +241,50 @@ impl Store {
     /// Writes one provider's record and flushes it to disk.
     pub fn save(&self, name: &str, record: &Record) -> Result<(), StoreError> {
         let value = serde_json::to_vec(record).expect("a record always serialises");
-        self.db
-            .insert(key(name), value)
-            .map_err(|source| StoreError {
+        self.with_db(|db| {
+            db.insert(key(name), value).map_err(|source| StoreError {
                 context: format!("writing {name}"),
                 source,
             })?;
-        self.flush()
+            self.flush_db(db)
+        })
     }
 
     pub fn remove(&self, name: &str) -> Result<(), StoreError> {
-        self.db.remove(key(name)).map_err(|source| StoreError {
-            context: format!("removing {name}"),
-            source,
-        })?;
-        self.flush()
+        self.with_db(|db| {
+            db.remove(key(name)).map_err(|source| StoreError {
+                context: format!("removing {name}"),
+                source,
+            })?;
+            self.flush_db(db)
+        })
     }
 
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush().map(|_| ()).map_err(|source| StoreError {
+        self.with_db(|db| self.flush_db(db))
+    }
+
+    fn flush_db(&self, db: &sled::Db) -> Result<(), StoreError> {
+        db.flush().map(|_| ()).map_err(|source| StoreError {
             context: format!("flushing {}", self.path.display()),
             source,
         })
     }
+}
+
+fn open_db(path: &Path) -> Result<sled::Db, StoreError> {
+    sled::Config::new()
+        .path(path)
+        // Tokens are few and small; keep the page cache and segments small.
+        .cache_capacity(256 * 1024)
+        .segment_size(segment_size(path))
+        // We flush after every change ourselves; no background flusher.
+        .flush_every_ms(None)
+        .open()
+        .map_err(|source| StoreError {
+            context: format!("opening {}", path.display()),
+            source,
+        })
 }
 
 /// The segment size of a database created now. Measured (BENCHMARKS.md):
@@ -300,6 +380,21 @@ mod tests {
         let s = reopen(&dir);
         let all = s.load_all().unwrap();
         assert_eq!(all, vec![("a".to_owned(), record())]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_unopened_store_opens_at_first_use() {
+        let dir = tempdir();
+        let blocker = dir.join("blocker");
+        std::fs::write(&blocker, b"a file where the state dir should be").unwrap();
+        let s = Store::unopened(&blocker);
+        assert!(s.save("a", &record()).is_err());
+        // The obstacle goes: the next use opens the database and writes.
+        std::fs::remove_file(&blocker).unwrap();
+        s.save("a", &record()).unwrap();
+        assert_eq!(s.load_all().unwrap(), vec![("a".to_owned(), record())]);
+        drop(s);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

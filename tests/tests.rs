@@ -8,5 +8,6 @@ mod agent_e2e;
 mod cli_e2e;
 mod clock_e2e;
 mod crash_e2e;
+mod disk_e2e;
 mod faults_e2e;
 mod fleet_sim;
