@@ -1,7 +1,9 @@
 //! The Unix socket server: binds the socket (removing a stale one, applying
 //! mode and group), accepts on a thread named `socket`, and answers each
-//! connection on its own thread, up to a cap. Reads are capped at one
-//! request line (1024 bytes); idle connections close after 60 s.
+//! connection on its own thread, up to a cap (at the cap, the connection
+//! idle longest is closed for the new one). Reads are capped at one request
+//! line (1024 bytes); idle connections close after 60 s, and a client that
+//! does not read its answers after 10 s.
 
 use crate::config::AgentSettings;
 use crate::protocol::{self, ErrorCode, Request, TokenAnswers, MAX_LINE};
@@ -12,12 +14,14 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// Connections served at once; more are answered `internal` and closed.
+/// Connections served at once. A new one beyond it closes the connection
+/// that has waited longest for a request; when all are busy it is answered
+/// `internal` and closed.
 pub const MAX_CONNECTIONS: usize = 256;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -157,17 +161,94 @@ fn held_back(n: u64) -> String {
     }
 }
 
+/// The open connections. At the cap, the one that has waited longest for
+/// its next request is closed to make room: idle clients (or ones that
+/// trickle a byte now and then) cannot lock the others out.
+struct Conns {
+    /// When the server started; waits are in milliseconds since.
+    epoch: Instant,
+    next_id: u64,
+    list: Vec<Conn>,
+}
+
+struct Conn {
+    id: u64,
+    /// A handle to shut the connection down with.
+    stream: UnixStream,
+    waiting: Arc<AtomicU64>,
+}
+
+impl Conns {
+    fn new() -> Conns {
+        Conns {
+            epoch: Instant::now(),
+            next_id: 0,
+            list: Vec::new(),
+        }
+    }
+
+    /// Closes the connection that has waited longest for a request (not
+    /// one being answered); false when every connection is busy.
+    fn close_longest_waiting(&mut self) -> bool {
+        let victim = self
+            .list
+            .iter()
+            .filter(|c| c.waiting.load(Ordering::SeqCst) != BUSY)
+            .min_by_key(|c| c.waiting.load(Ordering::SeqCst));
+        match victim {
+            Some(c) => {
+                // Its thread's read returns end of stream; the thread ends.
+                let _ = c.stream.shutdown(std::net::Shutdown::Both);
+                c.waiting.store(BUSY, Ordering::SeqCst);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// `Conn::waiting` while a request is being answered.
+const BUSY: u64 = 0;
+
+/// What a connection's thread updates: since when (ms after the server's
+/// start, plus one) it has waited for bytes, or [`BUSY`].
+struct Waiting {
+    epoch: Instant,
+    waiting: Arc<AtomicU64>,
+}
+
+impl Waiting {
+    fn now(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64 + 1;
+        self.waiting.store(ms, Ordering::Relaxed);
+    }
+
+    fn busy(&self) {
+        self.waiting.store(BUSY, Ordering::Relaxed);
+    }
+}
+
 /// Counts an open connection until dropped, also when its thread panics.
-struct Open(Arc<AtomicUsize>);
+struct Open {
+    count: Arc<AtomicUsize>,
+    conns: Arc<Mutex<Conns>>,
+    id: u64,
+}
 
 impl Drop for Open {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        lock(&self.conns).list.retain(|c| c.id != self.id);
+        self.count.fetch_sub(1, Ordering::SeqCst);
     }
+}
+
+fn lock(conns: &Mutex<Conns>) -> std::sync::MutexGuard<'_, Conns> {
+    conns.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn accept_loop(listener: UnixListener, scheduler: Arc<Scheduler>, stopping: Arc<AtomicBool>) {
     let open = Arc::new(AtomicUsize::new(0));
+    let conns = Arc::new(Mutex::new(Conns::new()));
     let (mut full_log, mut accept_log) = (Throttle::default(), Throttle::default());
     for conn in listener.incoming() {
         if stopping.load(Ordering::SeqCst) {
@@ -185,28 +266,66 @@ fn accept_loop(listener: UnixListener, scheduler: Arc<Scheduler>, stopping: Arc<
             }
         };
         if open.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
+            let made_room = lock(&conns).close_longest_waiting();
             if let Some(n) = full_log.check(Instant::now()) {
-                log::warn!(
-                    "socket: {MAX_CONNECTIONS} connections open; refusing new ones{}",
-                    held_back(n)
-                );
+                if made_room {
+                    log::warn!(
+                        "socket: {MAX_CONNECTIONS} connections open; closing the one idle \
+                         longest for each new one{}",
+                        held_back(n)
+                    );
+                } else {
+                    log::warn!(
+                        "socket: {MAX_CONNECTIONS} connections open, all busy; refusing \
+                         new ones{}",
+                        held_back(n)
+                    );
+                }
             }
-            let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
-            let line = protocol::error(ErrorCode::Internal, "too many connections", Some(1));
-            let _ = stream.write_all(format!("{line}\n").as_bytes());
-            continue;
+            if !made_room {
+                let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+                let line = protocol::error(ErrorCode::Internal, "too many connections", Some(1));
+                let _ = stream.write_all(format!("{line}\n").as_bytes());
+                continue;
+            }
+            // The closed one's thread is ending: the count is over the cap
+            // for that moment only.
         }
+        let Ok(handle) = stream.try_clone() else {
+            continue;
+        };
+        let waiting = Arc::new(AtomicU64::new(BUSY));
+        let id = {
+            let mut c = lock(&conns);
+            let id = c.next_id;
+            c.next_id += 1;
+            c.list.push(Conn {
+                id,
+                stream: handle,
+                waiting: Arc::clone(&waiting),
+            });
+            id
+        };
         open.fetch_add(1, Ordering::SeqCst);
-        let (sched, count) = (Arc::clone(&scheduler), Arc::clone(&open));
+        let guard = Open {
+            count: Arc::clone(&open),
+            conns: Arc::clone(&conns),
+            id,
+        };
+        let sched = Arc::clone(&scheduler);
+        let waiting = Waiting {
+            epoch: lock(&conns).epoch,
+            waiting,
+        };
         let spawned = thread::Builder::new()
             .name("conn".into())
             .stack_size(128 * 1024)
             .spawn(move || {
-                let _open = Open(count);
-                serve(stream, &sched);
+                let _open = guard;
+                serve(stream, &sched, &waiting);
             });
         if let Err(e) = spawned {
-            open.fetch_sub(1, Ordering::SeqCst);
+            // The closure, and with it `guard`, was dropped: counted out.
             if let Some(n) = accept_log.check(Instant::now()) {
                 log::warn!(
                     "socket: cannot start a connection thread: {e}{}",
@@ -219,7 +338,7 @@ fn accept_loop(listener: UnixListener, scheduler: Arc<Scheduler>, stopping: Arc<
 
 /// Answers one connection's requests until it closes, idles or misbehaves.
 /// A client that stops reading its answers is dropped after WRITE_TIMEOUT.
-fn serve(mut stream: UnixStream, scheduler: &Scheduler) {
+fn serve(mut stream: UnixStream, scheduler: &Scheduler, waiting: &Waiting) {
     if stream.set_read_timeout(Some(IDLE_TIMEOUT)).is_err()
         || stream.set_write_timeout(Some(WRITE_TIMEOUT)).is_err()
     {
@@ -234,6 +353,7 @@ fn serve(mut stream: UnixStream, scheduler: &Scheduler) {
     let mut answers = TokenAnswers::default();
     loop {
         if let Some(pos) = buf[..len].iter().position(|&b| b == b'\n') {
+            waiting.busy();
             out.clear();
             respond_into(
                 &buf[..pos],
@@ -260,6 +380,7 @@ fn serve(mut stream: UnixStream, scheduler: &Scheduler) {
             let _ = stream.write_all(format!("{line}\n").as_bytes());
             return;
         }
+        waiting.now();
         match stream.read(&mut buf[len..]) {
             Ok(0) => return,
             Ok(n) => len += n,

@@ -4,6 +4,7 @@
 
 mod util;
 
+mod abuse_e2e;
 mod agent_e2e;
 mod cli_e2e;
 mod clock_e2e;
