@@ -92,6 +92,11 @@ impl Http {
             // rather than follow it with credentials.
             .max_redirects(0)
             .user_agent(concat!("shop-auth-agent/", env!("CARGO_PKG_VERSION")))
+            // No pool: renewals are minutes apart, partners close idle
+            // connections long before, and each pooled connection holds
+            // ureq's buffers (~256 KiB) for nothing.
+            .max_idle_connections(0)
+            .max_idle_connections_per_host(0)
             .accept("application/json")
             .tls_config(tls)
             .build();
@@ -99,6 +104,29 @@ impl Http {
             agent: config.new_agent(),
             timeout,
         })
+    }
+
+    /// A client for `timeout` and `extra_ca_pem`, shared with every provider
+    /// that asks for the same: each client holds its own copy of the
+    /// system's trusted CAs (~0.8 MiB parsed), which five providers need
+    /// only once.
+    pub fn shared(timeout: Duration, extra_ca_pem: Option<&[u8]>) -> Result<Arc<Http>, String> {
+        type Key = (Duration, Option<Vec<u8>>);
+        static CLIENTS: std::sync::Mutex<Vec<(Key, std::sync::Weak<Http>)>> =
+            std::sync::Mutex::new(Vec::new());
+        let mut clients = CLIENTS.lock().unwrap_or_else(|p| p.into_inner());
+        clients.retain(|(_, weak)| weak.strong_count() > 0);
+        let key: Key = (timeout, extra_ca_pem.map(<[u8]>::to_vec));
+        if let Some(http) = clients
+            .iter()
+            .find(|(k, _)| *k == key)
+            .and_then(|(_, weak)| weak.upgrade())
+        {
+            return Ok(http);
+        }
+        let http = Arc::new(Http::new(timeout, extra_ca_pem)?);
+        clients.push((key, Arc::downgrade(&http)));
+        Ok(http)
     }
 
     /// POSTs an `application/x-www-form-urlencoded` body; `basic` is the

@@ -693,7 +693,7 @@ impl Scheduler {
             match table.slots.remove(&p.name) {
                 Some(mut old) if old.settings.kind == p.kind => {
                     if *old.settings != *p {
-                        old.http = Arc::new(Http::new(p.timeout, p.ca_pem.as_deref())?);
+                        old.http = Http::shared(p.timeout, p.ca_pem.as_deref())?;
                         old.settings = Arc::new(p.clone());
                         // Timing settings may have changed: replan the renewal.
                         if let Some(t) = old.token.clone() {
@@ -922,14 +922,14 @@ impl Table {
     }
 
     fn new_slot(&mut self, p: &ProviderSettings) -> Result<Slot, String> {
-        let http = Http::new(p.timeout, p.ca_pem.as_deref())
+        let http = Http::shared(p.timeout, p.ca_pem.as_deref())
             .map_err(|e| format!("providers.{}.ca_file: {e}", p.name))?;
         let generation = self.next_generation;
         self.next_generation += 1;
         Ok(Slot {
             provider: Arc::from(providers::build(&p.kind)),
             settings: Arc::new(p.clone()),
-            http: Arc::new(http),
+            http,
             generation,
             token: None,
             restored: None,
