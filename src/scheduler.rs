@@ -9,7 +9,7 @@
 //! serves them, so concurrent requests for one provider share one attempt.
 
 use crate::clock::{self, Watch};
-use crate::config::{Access, ProviderSettings, Settings};
+use crate::config::{ProviderSettings, Settings};
 use crate::http::Http;
 use crate::protocol::{self, ProviderStatus};
 use crate::providers::{self, ErrorKind, Grant, Provider, ProviderError};
@@ -510,13 +510,14 @@ impl Scheduler {
         }
     }
 
-    /// The permission rule of a provider: `None` for an unknown provider,
-    /// `Some(None)` for one open to anyone who can reach the socket.
-    pub fn access(&self, name: &str) -> Option<Option<Access>> {
-        self.lock()
-            .slots
-            .get(name)
-            .map(|s| s.settings.access.clone())
+    /// Whether `peer` may use the provider: `None` for an unknown provider.
+    /// A provider without `allow_*` is open to anyone who can reach the
+    /// socket. Allocates nothing (TOKEN's hot path).
+    pub fn allows(&self, name: &str, peer: Option<&crate::sys::Peer>) -> Option<bool> {
+        self.lock().slots.get(name).map(|s| match &s.settings.access {
+            None => true,
+            Some(access) => peer.is_some_and(|p| access.allows(p)),
+        })
     }
 
     /// TOKEN: the current token if it is valid; while a first login is in

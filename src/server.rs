@@ -425,9 +425,9 @@ fn respond_into(
         }
     };
     if let Some(name) = request.provider() {
-        match scheduler.access(name) {
+        match scheduler.allows(name, peer) {
             None => return out.extend_from_slice(unknown(name).as_bytes()),
-            Some(Some(access)) if !peer.is_some_and(|p| access.allows(p)) => {
+            Some(false) => {
                 let line = protocol::error(
                     ErrorCode::Forbidden,
                     &format!("not allowed to use provider {name}"),
@@ -435,7 +435,7 @@ fn respond_into(
                 );
                 return out.extend_from_slice(line.as_bytes());
             }
-            Some(_) => {}
+            Some(true) => {}
         }
     }
     let mut token_answer = |name: &str, result: Result<Served, TokenError>| match result {
