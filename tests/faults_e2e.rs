@@ -266,10 +266,14 @@ fn no_secret_or_token_reaches_the_log() {
         agent.ask(&format!("REFRESH {name}"));
         agent.ask(&format!("INVALIDATE {name}"));
     }
-    agent.ask("STATUS");
+    // What clients see carries no secret and no token either (but TOKEN's
+    // own answer): STATUS, failures, the CLI's table.
+    let mut shown = vec![agent.ask("STATUS").to_string()];
     agent.ask("LOGOUT autoleap");
     partners.set_mode(Kind::MakeLeaps, Mode::Reject);
-    agent.ask("REFRESH makeleaps");
+    shown.push(agent.ask("REFRESH makeleaps").to_string());
+    shown.push(agent.ask("STATUS").to_string());
+    shown.push(stdout(&agent.cli(&["status"])));
     agent.signal(libc::SIGHUP);
     agent.ask("PING");
     agent.signal(libc::SIGTERM);
@@ -296,6 +300,12 @@ fn no_secret_or_token_reaches_the_log() {
         .chain(issued.iter().map(String::as_str))
     {
         assert!(!log.contains(s), "the log contains a secret or token");
+        for text in &shown {
+            assert!(
+                !text.contains(s),
+                "an answer contains a secret or token: {text}"
+            );
+        }
     }
 }
 
@@ -473,6 +483,31 @@ fn a_refused_connection_is_a_transient_error() {
     let st = agent.wait_status("gone", "a failure", |p| p["failures"].as_u64() >= Some(1));
     let e = st["last_error"].as_str().unwrap();
     assert!(e.starts_with("transient") && e.contains("refused"), "{e}");
+}
+
+#[test]
+fn a_name_that_does_not_resolve_is_a_transient_error() {
+    let dir = TempDir::new("dns");
+    // .invalid never resolves (RFC 6761), with or without a network; the
+    // lookup either fails or runs into the timeout: transient both ways.
+    write_config(
+        &dir,
+        &config_text(
+            &dir,
+            "",
+            "[providers.nowhere]\nkind = \"makeleaps\"\ntoken_url = \"https://partner.shop-auth-agent.invalid/user/oauth2/token/\"\nclient_id = \"x\"\nclient_secret = \"y\"\ntimeout = \"3s\"\n",
+        ),
+    );
+    let agent = Agent::start(&dir);
+    let start = std::time::Instant::now();
+    assert_eq!(agent.ask("PING")["ok"], true);
+    let st = agent.wait_status("nowhere", "a failure", |p| {
+        p["failures"].as_u64() >= Some(1)
+    });
+    let e = st["last_error"].as_str().unwrap();
+    assert!(e.starts_with("transient"), "{e}");
+    assert!(start.elapsed() < Duration::from_secs(20));
+    assert_eq!(agent.ask("TOKEN nowhere")["error"], "no_token");
 }
 
 #[test]
