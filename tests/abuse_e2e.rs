@@ -49,11 +49,14 @@ fn a_misbehaving_pos_cannot_lock_others_out() {
     let good = agent.wait_token("makeleaps");
     let rss_before = rss_kib(agent.child.id());
     let mut worst = Duration::ZERO;
+    // The bound natively; under qemu-user the accept thread works
+    // through the backlog of a thousand connections many times slower.
+    let limit = Duration::from_secs(if emulated() { 15 } else { 1 });
     let mut check = |what: &str| {
         let (a, took) = timed_token(&agent);
         assert_eq!(a["access_token"], good["access_token"], "{what}: {a}");
         worst = worst.max(took);
-        assert!(took < Duration::from_secs(1), "{what}: TOKEN took {took:?}");
+        assert!(took < limit, "{what}: TOKEN took {took:?}");
     };
 
     // A thousand connections that never say anything.
@@ -117,11 +120,15 @@ fn a_misbehaving_pos_cannot_lock_others_out() {
         rss_before,
         rss_after
     );
-    // Bounded: 256 connection threads with small stacks at most.
-    assert!(
-        rss_after < rss_before + 48 * 1024,
-        "{rss_before} -> {rss_after} KiB"
-    );
+    // Bounded: 256 connection threads with small stacks at most. (Under
+    // qemu-user the figure is the emulator's, which keeps a large state per
+    // guest thread it ever ran: 1.2 GB seen; not the agent's to answer for.)
+    if !emulated() {
+        assert!(
+            rss_after < rss_before + 48 * 1024,
+            "{rss_before} -> {rss_after} KiB"
+        );
+    }
     assert!(agent.log_text().contains("connections open"));
     let (a, _) = timed_token(&agent);
     assert_eq!(a["ok"], true);

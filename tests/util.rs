@@ -25,6 +25,12 @@ pub const PROVIDERS: [&str; 6] = [
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_shop-auth-agent");
 
+/// Whether the agent runs under an emulator (`packaging/arm-test`), where
+/// everything is many times slower than on the device.
+pub fn emulated() -> bool {
+    std::env::var_os("SHOP_AUTH_AGENT_TEST_RUNNER").is_some_and(|r| !r.is_empty())
+}
+
 /// Generous: the suite also runs under qemu-user emulation.
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
