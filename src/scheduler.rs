@@ -514,10 +514,13 @@ impl Scheduler {
     /// A provider without `allow_*` is open to anyone who can reach the
     /// socket. Allocates nothing (TOKEN's hot path).
     pub fn allows(&self, name: &str, peer: Option<&crate::sys::Peer>) -> Option<bool> {
-        self.lock().slots.get(name).map(|s| match &s.settings.access {
-            None => true,
-            Some(access) => peer.is_some_and(|p| access.allows(p)),
-        })
+        self.lock()
+            .slots
+            .get(name)
+            .map(|s| match &s.settings.access {
+                None => true,
+                Some(access) => peer.is_some_and(|p| access.allows(p)),
+            })
     }
 
     /// TOKEN: the current token if it is valid; while a first login is in
