@@ -191,7 +191,19 @@ pub fn parse(
     let root = match text.parse::<Table>() {
         Ok(t) => t,
         Err(e) => {
-            cx.problem("", format!("not valid TOML: {}", one_line(&e.to_string())));
+            // Not `e.to_string()`: it quotes the offending line, and with
+            // it an inline secret that holds a stray `\` or `"` (found by
+            // fuzzing). The message and a line:column never quote values.
+            let at = e
+                .span()
+                .map(|span| {
+                    let before = &text[..span.start.min(text.len())];
+                    let line = before.matches('\n').count() + 1;
+                    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                    format!(" (line {line}, column {column})")
+                })
+                .unwrap_or_default();
+            cx.problem("", format!("not valid TOML: {}{at}", one_line(e.message())));
             return Err(cx.into_error(source));
         }
     };
@@ -348,6 +360,13 @@ impl Fields {
         match crate::timefmt::parse_duration(&s) {
             Ok(d) if d.is_zero() => {
                 cx.problem(&self.key(key), "must be longer than zero");
+                None
+            }
+            // Found by fuzzing: durations near 2^63 s wrap when turned into
+            // seconds of a lifetime, and overflow Instant arithmetic (a
+            // timeout of that size panicked every request).
+            Ok(d) if d > MAX_DURATION => {
+                cx.problem(&self.key(key), "is too long (at most 3650d)");
                 None
             }
             Ok(d) => Some(d),
@@ -883,6 +902,9 @@ fn parse_kind(cx: &mut Cx, f: &mut Fields, kind: &str) -> Option<KindSettings> {
     }
 }
 
+/// The longest duration a setting takes: ten years.
+const MAX_DURATION: Duration = Duration::from_secs(3650 * 24 * 3600);
+
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -908,6 +930,26 @@ mod tests {
                 .map(|p| format!("{}: {}", p.path, p.message))
                 .collect(),
         }
+    }
+
+    #[test]
+    fn a_toml_syntax_error_does_not_quote_the_line() {
+        // A password with a stray backslash: an invalid escape.
+        let p = problems("[providers.x]\nkind = \"carrental\"\npassword = \"Tr0ub4dor\\&3\"\n");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].contains("not valid TOML"), "{p:?}");
+        assert!(p[0].contains("line 3"), "{p:?}");
+        assert!(!p[0].contains("Tr0ub4dor"), "{p:?}");
+    }
+
+    #[test]
+    fn absurd_durations_are_refused() {
+        let p = problems(
+            "[defaults]\ntimeout = \"9223372036854775808s\"\ntoken_lifetime = \"3651d\"\n",
+        );
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(p.iter().all(|p| p.contains("too long")), "{p:?}");
+        parse_ok("[defaults]\ntoken_lifetime = \"3650d\"\n");
     }
 
     #[test]

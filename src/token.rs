@@ -41,34 +41,43 @@ impl LifetimeSource {
     }
 }
 
-// A lifetime longer than this is not believed (a partner sending
-// milliseconds where seconds are meant, say); a year is already generous.
+// A lifetime from the partner longer than this is not believed (a partner
+// sending milliseconds where seconds are meant, say): the next source in
+// the order is used instead. A year is already generous.
 const MAX_LIFETIME: i64 = 366 * 24 * 3600;
 
 impl Token {
     /// Turns a grant into a token obtained at `now`. The lifetime comes from
     /// the response's absolute expiry, else its relative lifetime, else the
-    /// JWT `exp` claim, else `fallback` (PRODUCT.md's order). Absolute times
-    /// from the partner are read relative to its `Date` header when it sent
-    /// one, so a partner clock that differs from ours does not shift expiry.
+    /// JWT `exp` claim, else `fallback` (PRODUCT.md's order); a source whose
+    /// lifetime is not positive or longer than a year is skipped. Absolute
+    /// times from the partner are read relative to its `Date` header when it
+    /// sent one, so a partner clock that differs from ours does not shift
+    /// expiry.
     pub fn from_grant(grant: Grant, now: i64, fallback: Duration) -> (Token, LifetimeSource) {
         let reference = grant.server_date.unwrap_or(now);
+        let believable = |secs: i64| (1..=MAX_LIFETIME).contains(&secs);
         let absolute = |at: i64| at.saturating_sub(reference);
-        let (lifetime, source) = if let Some(at) = grant.expires_at.filter(|&at| absolute(at) > 0) {
-            (absolute(at), LifetimeSource::ExpiresAt)
-        } else if let Some(secs) = grant.expires_in.filter(|&s| s > 0) {
-            (
-                secs.min(MAX_LIFETIME as u64) as i64,
-                LifetimeSource::ExpiresIn,
-            )
-        } else if let Some(exp) = crate::jwt::claims(grant.access.expose())
-            .and_then(|c| c.exp)
-            .filter(|&exp| absolute(exp) > 0)
-        {
-            (absolute(exp), LifetimeSource::Jwt)
-        } else {
-            (fallback.as_secs().max(1) as i64, LifetimeSource::Configured)
-        };
+        let (lifetime, source) =
+            if let Some(at) = grant.expires_at.filter(|&at| believable(absolute(at))) {
+                (absolute(at), LifetimeSource::ExpiresAt)
+            } else if let Some(secs) = grant
+                .expires_in
+                .filter(|&s| believable(s.min(i64::MAX as u64) as i64))
+            {
+                (secs as i64, LifetimeSource::ExpiresIn)
+            } else if let Some(exp) = crate::jwt::claims(grant.access.expose())
+                .and_then(|c| c.exp)
+                .filter(|&exp| believable(absolute(exp)))
+            {
+                (absolute(exp), LifetimeSource::Jwt)
+            } else {
+                // Clamped before the cast (a fuzzed 2^63 s wrapped to 1 s).
+                (
+                    fallback.as_secs().clamp(1, MAX_LIFETIME as u64) as i64,
+                    LifetimeSource::Configured,
+                )
+            };
         let lifetime = lifetime.clamp(1, MAX_LIFETIME);
         let token = Token {
             access: grant.access,
@@ -195,6 +204,13 @@ mod tests {
         let (t, s) = Token::from_grant(g.clone(), now, fallback);
         assert_eq!((t.expires_at, s), (now + 50, LifetimeSource::ExpiresIn));
 
+        // Milliseconds where seconds are meant: not believed either.
+        let mut ms = grant("opaque");
+        ms.expires_at = Some((now + 3600) * 1000);
+        ms.expires_in = Some(3_600_000_000);
+        let (t, s) = Token::from_grant(ms, now, fallback);
+        assert_eq!((t.expires_at, s), (now + 900, LifetimeSource::Configured));
+
         let jwt = crate::jwt::encode_unsigned(&serde_json::json!({"exp": now + 70}));
         let (t, s) = Token::from_grant(grant(&jwt), now, fallback);
         assert_eq!((t.expires_at, s), (now + 70, LifetimeSource::Jwt));
@@ -202,6 +218,9 @@ mod tests {
         let (t, s) = Token::from_grant(grant("opaque"), now, fallback);
         assert_eq!((t.expires_at, s), (now + 900, LifetimeSource::Configured));
         assert_eq!(t.token_type, "Bearer");
+        // A huge configured lifetime is capped, not wrapped to 1 s (fuzzing).
+        let (t, _) = Token::from_grant(grant("opaque"), now, Duration::from_secs(1 << 63));
+        assert_eq!(t.lifetime(), MAX_LIFETIME);
     }
 
     #[test]

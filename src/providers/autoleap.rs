@@ -43,8 +43,11 @@ fn parse(resp: &Response, url: &str, secrets: &[&str]) -> Result<Grant, Provider
     check_status(resp, url, secrets)?;
     let obj = json_object(resp, url)?;
     if obj.get("success") == Some(&serde_json::Value::Bool(false)) {
-        let said = opt_str(&obj, "message").unwrap_or_else(|| "no message".into());
-        let said: String = said.chars().take(200).collect();
+        // Through partner_message like every other partner's words: the
+        // secrets the request carried scrubbed, control characters blanked
+        // (a raw quote of `message` was found by fuzzing).
+        let said =
+            super::partner_message(&resp.body, secrets).unwrap_or_else(|| "no message".into());
         return Err(ProviderError::rejected(format!(
             "{} answered success=false: {said}",
             crate::http::strip_query(url)
@@ -91,7 +94,8 @@ impl Provider for AutoLeap {
         let url = self.url("partners/logout");
         let body = json!({"refreshToken": refresh.map(Secret::expose).unwrap_or("")});
         let resp = http.post_json(&url, Some(access.expose()), &body)?;
-        check_status(&resp, &url, &self.secrets(&[access.expose()]))
+        let refresh = refresh.map(Secret::expose).unwrap_or("");
+        check_status(&resp, &url, &self.secrets(&[access.expose(), refresh]))
     }
 }
 
@@ -122,6 +126,12 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.kind, ErrorKind::Rejected);
         assert!(e.message.contains("Invalid partner"));
+        // The partner's words are scrubbed of what the request carried and
+        // cannot forge log lines.
+        let echo = r#"{"success":false,"message":"token rTsecret1 bad\nINFO forged"}"#;
+        let e = parse(&resp(200, echo), "https://x/t", &["rTsecret1"]).unwrap_err();
+        assert!(!e.message.contains("rTsecret1"), "{}", e.message);
+        assert!(!e.message.contains('\n'), "{}", e.message);
         let e = parse(
             &resp(200, r#"{"success":true,"data":{}}"#),
             "https://a/x",

@@ -332,11 +332,17 @@ fn partner_message(body: &[u8], secrets: &[&str]) -> Option<String> {
 /// (its size and content type, never its text).
 pub fn json_object(resp: &Response, url: &str) -> Result<Map<String, Value>, ProviderError> {
     let describe = || {
-        format!(
-            "{} bytes, content-type {}",
-            resp.body.len(),
-            resp.content_type.as_deref().unwrap_or("none")
-        )
+        // The partner's header, shortened and made printable: it is text
+        // the partner chose, like a body (noticed while fuzzing).
+        let ct: String = resp
+            .content_type
+            .as_deref()
+            .unwrap_or("none")
+            .chars()
+            .take(60)
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        format!("{} bytes, content-type {ct}", resp.body.len())
     };
     match serde_json::from_slice::<Value>(&resp.body) {
         Ok(Value::Object(m)) => Ok(m),
