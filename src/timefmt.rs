@@ -16,7 +16,7 @@ pub fn now_unix_ms() -> i64 {
         Ok(d) => d.as_millis() as i64,
         Err(e) => -(e.duration().as_millis() as i64),
     };
-    real + test_clock_offset_ms()
+    real.saturating_add(test_clock_offset_ms())
 }
 
 /// The environment variable naming a file whose content (seconds, may be

@@ -307,9 +307,17 @@ fn partner_message(body: &[u8], secrets: &[&str]) -> Option<String> {
     ]
     .iter()
     .filter_map(|k| obj.get(*k)?.as_str())
-    .map(str::trim)
+    // Scrubbed first, as the partner wrote it: blanking control characters
+    // or trimming first would hide a secret that holds one (a tab, a CR
+    // from a Windows-saved secret file) from the match (found by fuzzing).
+    .map(|part| {
+        secrets
+            .iter()
+            .filter(|s| !s.is_empty())
+            .fold(part.to_owned(), |t, s| t.replace(s, "***"))
+    })
+    .map(|part| part.trim().to_owned())
     .filter(|s| !s.is_empty())
-    .map(str::to_owned)
     .collect();
     if parts.is_empty() {
         return None;
@@ -319,9 +327,6 @@ fn partner_message(body: &[u8], secrets: &[&str]) -> Option<String> {
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
-    for s in secrets.iter().filter(|s| !s.is_empty()) {
-        text = text.replace(s, "***");
-    }
     if text.chars().count() > 200 {
         text = text.chars().take(199).collect::<String>() + "…";
     }
@@ -480,6 +485,9 @@ mod tests {
             e.message,
             "HTTP 400 from https://x/t: invalid_grant — Invalid partner credentials parameter — Niepoprawna wartość"
         );
+        let tab = r#"{"error":"invalid_client","error_description":"bad secret pass\tword99"}"#;
+        let e = check_status(&resp(401, tab), "https://x/t", &["pass\tword99"]).unwrap_err();
+        assert!(!e.message.contains("word99"), "{}", e.message);
         let echo = r#"{"error":"invalid_client","error_description":"bad secret hunter2"}"#;
         let e = check_status(&resp(401, echo), "https://x/t", &["hunter2"]).unwrap_err();
         assert!(!e.message.contains("hunter2"));
