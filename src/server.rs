@@ -14,7 +14,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -164,10 +164,11 @@ fn held_back(n: u64) -> String {
 /// The open connections. At the cap, the one that has waited longest for
 /// its next request is closed to make room: idle clients (or ones that
 /// trickle a byte now and then) cannot lock the others out.
+#[derive(Default)]
 struct Conns {
-    /// When the server started; waits are in milliseconds since.
-    epoch: Instant,
     next_id: u64,
+    /// Every connection whose thread still runs (closed ones until their
+    /// thread notices): its length is the count checked against the cap.
     list: Vec<Conn>,
 }
 
@@ -179,14 +180,6 @@ struct Conn {
 }
 
 impl Conns {
-    fn new() -> Conns {
-        Conns {
-            epoch: Instant::now(),
-            next_id: 0,
-            list: Vec::new(),
-        }
-    }
-
     /// Closes the connection that has waited longest for a request (not
     /// one being answered); false when every connection is busy.
     fn close_longest_waiting(&mut self) -> bool {
@@ -228,9 +221,9 @@ impl Waiting {
     }
 }
 
-/// Counts an open connection until dropped, also when its thread panics.
+/// Keeps a connection in [`Conns`] until dropped, also when its thread
+/// panics.
 struct Open {
-    count: Arc<AtomicUsize>,
     conns: Arc<Mutex<Conns>>,
     id: u64,
 }
@@ -238,7 +231,6 @@ struct Open {
 impl Drop for Open {
     fn drop(&mut self) {
         lock(&self.conns).list.retain(|c| c.id != self.id);
-        self.count.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -247,8 +239,9 @@ fn lock(conns: &Mutex<Conns>) -> std::sync::MutexGuard<'_, Conns> {
 }
 
 fn accept_loop(listener: UnixListener, scheduler: Arc<Scheduler>, stopping: Arc<AtomicBool>) {
-    let open = Arc::new(AtomicUsize::new(0));
-    let conns = Arc::new(Mutex::new(Conns::new()));
+    let conns = Arc::new(Mutex::new(Conns::default()));
+    // Waits are in milliseconds since the server started.
+    let epoch = Instant::now();
     let (mut full_log, mut accept_log) = (Throttle::default(), Throttle::default());
     for conn in listener.incoming() {
         if stopping.load(Ordering::SeqCst) {
@@ -265,8 +258,11 @@ fn accept_loop(listener: UnixListener, scheduler: Arc<Scheduler>, stopping: Arc<
                 continue;
             }
         };
-        if open.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
-            let made_room = lock(&conns).close_longest_waiting();
+        let full = {
+            let mut c = lock(&conns);
+            (c.list.len() >= MAX_CONNECTIONS).then(|| c.close_longest_waiting())
+        };
+        if let Some(made_room) = full {
             if let Some(n) = full_log.check(Instant::now()) {
                 if made_room {
                     log::warn!(
@@ -288,7 +284,7 @@ fn accept_loop(listener: UnixListener, scheduler: Arc<Scheduler>, stopping: Arc<
                 let _ = stream.write_all(format!("{line}\n").as_bytes());
                 continue;
             }
-            // The closed one's thread is ending: the count is over the cap
+            // The closed one's thread is ending: the list is over the cap
             // for that moment only.
         }
         let Ok(handle) = stream.try_clone() else {
@@ -306,17 +302,12 @@ fn accept_loop(listener: UnixListener, scheduler: Arc<Scheduler>, stopping: Arc<
             });
             id
         };
-        open.fetch_add(1, Ordering::SeqCst);
         let guard = Open {
-            count: Arc::clone(&open),
             conns: Arc::clone(&conns),
             id,
         };
         let sched = Arc::clone(&scheduler);
-        let waiting = Waiting {
-            epoch: lock(&conns).epoch,
-            waiting,
-        };
+        let waiting = Waiting { epoch, waiting };
         let spawned = thread::Builder::new()
             .name("conn".into())
             .stack_size(128 * 1024)
@@ -325,7 +316,7 @@ fn accept_loop(listener: UnixListener, scheduler: Arc<Scheduler>, stopping: Arc<
                 serve(stream, &sched, &waiting);
             });
         if let Err(e) = spawned {
-            // The closure, and with it `guard`, was dropped: counted out.
+            // The closure, and with it `guard`, was dropped: out of the list.
             if let Some(n) = accept_log.check(Instant::now()) {
                 log::warn!(
                     "socket: cannot start a connection thread: {e}{}",
