@@ -36,6 +36,9 @@ pub struct Scheduler {
     writes: Mutex<()>,
     /// True while the `refresh` thread runs (the watchdog checks it).
     running: AtomicBool,
+    /// The store could not be read at start: its tokens are taken in when
+    /// it first can be, before anything is written over them.
+    unloaded: AtomicBool,
 }
 
 /// Clears `running` when the refresh thread ends, by return or by panic.
@@ -145,10 +148,14 @@ impl Scheduler {
     /// start any thread; see [`Scheduler::spawn`].
     pub fn new(settings: &Settings, store: Option<Store>) -> Result<Arc<Scheduler>, String> {
         let mut stored: BTreeMap<String, Record> = BTreeMap::new();
+        let mut unloaded = false;
         if let Some(store) = &store {
             match store.load_all() {
                 Ok(all) => stored.extend(all),
-                Err(e) => log::error!("store: {e}; starting without stored tokens"),
+                Err(e) => {
+                    log::error!("store: {e}; starting without stored tokens");
+                    unloaded = true;
+                }
             }
         }
         let now = now_unix();
@@ -233,6 +240,7 @@ impl Scheduler {
             store,
             writes: Mutex::new(()),
             running: AtomicBool::new(false),
+            unloaded: AtomicBool::new(unloaded),
         }))
     }
 
@@ -332,6 +340,8 @@ impl Scheduler {
         let mut health = job.health.clone();
         let mut token: Option<Token> = job.token.as_deref().cloned();
         let mut skew = None;
+        // A failed renewal changes no token (but for INVALIDATE's).
+        let mut keeps_token = false;
         let outcome: Result<(), ProviderError> = match job.op {
             Op::Logout => {
                 if let Some(t) = &token {
@@ -397,18 +407,14 @@ impl Scheduler {
                         if invalidate {
                             // The POS saw this token refused; never serve it again.
                             token = None;
+                        } else {
+                            keeps_token = true;
                         }
                         Err(e)
                     }
                 }
             }
         };
-        let record = Record {
-            identity: job.settings.identity(),
-            token: token.clone().filter(|_| job.settings.persist),
-            health: health.clone(),
-        };
-        let token = token.map(Arc::new);
         {
             let _writing = self.writes.lock().unwrap_or_else(|p| p.into_inner());
             if self.lock().shutdown && self.store.is_some() {
@@ -416,9 +422,25 @@ impl Scheduler {
                 // renews from what was last persisted.
                 return;
             }
-            // Without a store (it could not be opened) there is nothing to
-            // note: STATUS keeps saying why.
             if let Some(store) = &self.store {
+                if self.unloaded.load(Ordering::SeqCst) {
+                    self.adopt_stored(store);
+                }
+            }
+            if keeps_token {
+                // What the slot holds now: the token may have been shifted
+                // by a clock jump or taken in from a late store meanwhile.
+                if let Some(slot) = self
+                    .lock()
+                    .slots
+                    .get(name)
+                    .filter(|s| s.generation == job.generation)
+                {
+                    token = slot.persisted_token().cloned();
+                }
+            }
+            if let Some(store) = &self.store {
+                let record = record(&job.settings, token.as_ref(), &health);
                 if self.note_store_result(store.save(name, &record)) {
                     // Writes failed for a while: bring every other record
                     // on disk up to date too.
@@ -427,7 +449,7 @@ impl Scheduler {
             }
             if let Some(path) = &job.settings.file {
                 let now = now_unix();
-                let written = match token.as_deref().filter(|t| t.is_valid(now)) {
+                let written = match token.as_ref().filter(|t| t.is_valid(now)) {
                     Some(t) => {
                         let state =
                             state_of(token::refresh_at(t, job.settings.refresh_before, 0.0), now);
@@ -443,6 +465,7 @@ impl Scheduler {
                 }
             }
         }
+        let token = token.map(Arc::new);
         let mut table = self.lock();
         if let Some(slot) = table
             .slots
@@ -494,19 +517,46 @@ impl Scheduler {
             .iter()
             .filter(|(name, _)| name.as_str() != done)
             .map(|(name, slot)| {
-                let token = slot.restored.as_ref().or(slot.token.as_ref());
-                let record = Record {
-                    identity: slot.settings.identity(),
-                    token: token
-                        .filter(|_| slot.settings.persist)
-                        .map(|t| Token::clone(t)),
-                    health: slot.health.clone(),
-                };
+                let record = record(&slot.settings, slot.persisted_token(), &slot.health);
                 (name.clone(), record)
             })
             .collect();
         for (name, record) in records {
             self.note_store_result(store.save(&name, &record));
+        }
+    }
+
+    /// The store could not be read at start but can now: each provider
+    /// holding no token takes in its stored one (same account, still
+    /// valid) before anything is written over it. Called with `writes` held.
+    fn adopt_stored(&self, store: &Store) {
+        let Ok(all) = store.load_all() else {
+            return;
+        };
+        self.unloaded.store(false, Ordering::SeqCst);
+        let now = now_unix();
+        let mut table = self.lock();
+        for (name, r) in all {
+            let Some(slot) = table.slots.get_mut(&name) else {
+                continue;
+            };
+            if slot.token.is_some()
+                || slot.health.logged_out
+                || !slot.settings.persist
+                || r.identity != slot.settings.identity()
+            {
+                continue;
+            }
+            if let Some(t) = r.token.filter(|t| t.is_valid(now)) {
+                log::info!(
+                    "{name}: restored a token valid for {}s (the store opened late)",
+                    t.expires_in(now)
+                );
+                if !slot.in_flight {
+                    slot.plan_renewal(&t, now);
+                }
+                slot.token = Some(Arc::new(t));
+            }
         }
     }
 
@@ -812,6 +862,15 @@ fn store_cause(e: &crate::store::StoreError) -> String {
     }
 }
 
+/// A provider's record for the store (never a config secret).
+fn record(settings: &ProviderSettings, token: Option<&Token>, health: &Health) -> Record {
+    Record {
+        identity: settings.identity(),
+        token: token.filter(|_| settings.persist).cloned(),
+        health: health.clone(),
+    }
+}
+
 /// The token with its wall-clock stamps moved by `by` seconds.
 fn shifted(t: &Token, by: i64) -> Token {
     Token {
@@ -865,14 +924,13 @@ impl Table {
     /// What a partner's clock says about ours (after an answer from `name`).
     fn learn_skew(&mut self, name: &str, skew: Option<i64>) {
         match skew {
-            None | Some(0) if self.clock.untrusted.is_none() => {}
-            None => {}
-            Some(0) => {
+            Some(0) if self.clock.untrusted.is_some() => {
                 // Ours agrees with the partner: the stored times came from a
                 // clock that was ahead; keep judging the stored tokens by
                 // them (the cautious reading).
                 self.trust(false, &format!("it agrees with {name}'s"));
             }
+            None | Some(0) => {}
             Some(skew) => {
                 let known = self.clock.untrusted.map(|u| u.behind);
                 if known.is_none_or(|b| (b - skew).abs() > clock::SKEW_TOLERANCE) {
@@ -1057,10 +1115,11 @@ impl Slot {
             // A refused token is never served again, even if its renewal failed.
             self.token = None;
             self.restored = None;
-        } else if outcome.is_ok() || self.restored.is_none() {
+        } else if outcome.is_ok() {
             self.token = token;
             self.restored = None;
-        } // else: a failed renewal of a restored token keeps it as judged.
+        } // else: a failed renewal changes no token; the slot keeps what it
+          // holds now (shifted by a clock jump, restored, or taken in late).
         self.refused = false;
         self.health = health;
         match outcome {
@@ -1091,6 +1150,12 @@ impl Slot {
                 self.last_outcome = Some(Err((e.to_string(), Some(delay.as_secs().max(1)))));
             }
         }
+    }
+
+    /// The token as the store should keep it: a restored one as it was
+    /// stored, not as judged against an untrusted clock.
+    fn persisted_token(&self) -> Option<&Token> {
+        self.restored.as_deref().or(self.token.as_deref())
     }
 
     /// The token to hand out now, if any.

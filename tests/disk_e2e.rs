@@ -185,3 +185,42 @@ fn a_full_or_read_only_disk_keeps_tokens_in_memory_and_catches_up() {
     assert_eq!(agent.ask("TOKEN carrental")["access_token"], carrental);
     drop(agent);
 }
+
+#[test]
+fn a_store_that_opens_late_keeps_the_tokens_it_held() {
+    use shop_auth_agent::standin::{Kind, Mode};
+    let dir = TempDir::new("latestore");
+    let Some(fs) = Tmpfs::mount(&dir.join("state"), "4m") else {
+        return;
+    };
+    let partners = standin();
+    write_config(&dir, &config_text(&dir, "", &partners.providers_toml()));
+    let mut agent = Agent::start(&dir);
+    let kept = agent.wait_token("makeleaps");
+    agent.signal(libc::SIGTERM);
+    agent.wait_exit();
+
+    // Booted with the state dir read-only and MakeLeaps unreachable: its
+    // stored token cannot be read, and its logins fail.
+    fs.remount(true);
+    partners.set_mode(Kind::MakeLeaps, Mode::Close);
+    let mut agent = Agent::start(&dir);
+    assert!(store_error(&agent).is_some());
+    // The disk comes back; the next write opens the store, which must take
+    // in MakeLeaps' token rather than write "no token" over it.
+    fs.remount(false);
+    assert_eq!(agent.ask("REFRESH carrental")["ok"], true);
+    let t = agent.wait_token("makeleaps");
+    assert_eq!(t["access_token"], kept["access_token"]);
+    assert!(agent.log_text().contains("the store opened late"));
+
+    agent.kill9();
+    for kind in Kind::ALL {
+        partners.set_mode(kind, Mode::Close);
+    }
+    let agent = Agent::start(&dir);
+    assert_eq!(
+        agent.ask("TOKEN makeleaps")["access_token"],
+        kept["access_token"]
+    );
+}
