@@ -58,7 +58,7 @@ impl Agent {
         let listener = server::bind(&settings.agent).map_err(|e| {
             StartError::Io(format!("binding {}: {e}", settings.agent.socket.display()))
         })?;
-        let (store, store_error) = match Store::open_or_recover(&settings.agent.state_dir) {
+        let (store, store_error) = match Store::open(&settings.agent.state_dir) {
             Ok(s) => (s, None),
             Err(e) => {
                 log::error!(

@@ -12,6 +12,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod dev;
+pub mod durable;
 pub mod http;
 pub mod jwt;
 pub mod notify;

@@ -280,6 +280,7 @@ impl Scheduler {
 
     fn run(self: Arc<Self>) {
         let _running = Running(&self.running);
+        self.write_token_files();
         let mut table = self.lock();
         loop {
             if table.shutdown {
@@ -447,23 +448,7 @@ impl Scheduler {
                     self.save_all_but(store, name);
                 }
             }
-            if let Some(path) = &job.settings.file {
-                let now = now_unix();
-                let written = match token.as_ref().filter(|t| t.is_valid(now)) {
-                    Some(t) => {
-                        let state =
-                            state_of(token::refresh_at(t, job.settings.refresh_before, 0.0), now);
-                        let mut line = protocol::token(name, t, state, now);
-                        line.push('\n');
-                        let gid = self.lock().socket_group;
-                        tokenfile::write(path, line.as_bytes(), gid)
-                    }
-                    None => tokenfile::remove(path),
-                };
-                if let Err(e) = written {
-                    log::error!("{name}: token file {}: {e}", path.display());
-                }
-            }
+            self.write_token_file(&job.settings, token.as_ref());
         }
         let token = token.map(Arc::new);
         let mut table = self.lock();
@@ -479,6 +464,46 @@ impl Scheduler {
         drop(table);
         self.cv.notify_all();
         notify::status(&summary);
+    }
+
+    /// Writes (or removes, without a valid token) the provider's token file,
+    /// if it has one. Called with `writes` held.
+    fn write_token_file(&self, settings: &ProviderSettings, token: Option<&Token>) {
+        let Some(path) = &settings.file else {
+            return;
+        };
+        let name = &settings.name;
+        let now = now_unix();
+        let written = match token.filter(|t| t.is_valid(now)) {
+            Some(t) => {
+                let state = state_of(token::refresh_at(t, settings.refresh_before, 0.0), now);
+                let mut line = protocol::token(name, t, state, now);
+                line.push('\n');
+                let gid = self.lock().socket_group;
+                tokenfile::write(path, line.as_bytes(), gid)
+            }
+            None => tokenfile::remove(path),
+        };
+        if let Err(e) = written {
+            log::error!("{name}: token file {}: {e}", path.display());
+        }
+    }
+
+    /// At start, token files are brought up to the tokens restored from the
+    /// store: a file written before a crash or power cut may hold an older
+    /// token than the store (the store is written first).
+    fn write_token_files(&self) {
+        let _writing = self.writes.lock().unwrap_or_else(|p| p.into_inner());
+        let files: Vec<(Arc<ProviderSettings>, Option<Token>)> = self
+            .lock()
+            .slots
+            .values()
+            .filter(|s| s.settings.file.is_some() && !s.in_flight)
+            .map(|s| (Arc::clone(&s.settings), s.persisted_token().cloned()))
+            .collect();
+        for (settings, token) in files {
+            self.write_token_file(&settings, token.as_ref());
+        }
     }
 
     /// Notes the outcome of a store write; true when writing works again

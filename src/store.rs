@@ -1,15 +1,25 @@
-//! The sled store under the state directory: per provider, the token and its
-//! health survive restarts. One key per provider (`provider/<name>`) holds a
-//! JSON record, so a token and its health change together in one write; each
-//! write is flushed before the caller goes on (and so before a new token is
-//! served). Secrets from the config are never stored.
+//! The store under the state directory: per provider, the token and its
+//! health survive restarts and power cuts. One sled key per provider
+//! (`provider/<name>`) holds a JSON record, so a token and its health change
+//! together in one write; each write is flushed and fsynced before the caller
+//! goes on (and so before a new token is served), and then copied whole into
+//! the [`mirror`], which restores what a torn sled write lost. Secrets from
+//! the config are never stored.
+
+mod mirror;
 
 use crate::token::Token;
+use mirror::Mirror;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt;
+use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 const SCHEMA_KEY: &[u8] = b"schema_version";
+/// The number of the last write (u64 big-endian), written with each record.
+const SEQ_KEY: &[u8] = b"seq";
 const SCHEMA_VERSION: &[u8] = b"1";
 const PREFIX: &str = "provider/";
 
@@ -74,13 +84,41 @@ impl StoreError {
 const SCHEMA_ERROR: &str = "schema version";
 
 pub struct Store {
-    /// `None` after a write failed and reopening has not worked yet.
-    db: std::sync::Mutex<Option<sled::Db>>,
-    path: PathBuf,
-    /// A write failed: sled 0.34 keeps failing every later write of that
-    /// database (its first I/O error sticks) even once the disk has room or
-    /// is writable again, so the next write reopens it first.
-    failed: std::sync::atomic::AtomicBool,
+    state_dir: PathBuf,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    /// `None` before the first open worked, and after a write failed:
+    /// sled 0.34 keeps failing every later write of a database once one
+    /// failed (its first I/O error sticks) even when the disk has room or
+    /// is writable again, so the next use opens the files afresh.
+    open: Option<Open>,
+    /// Every provider's record as last written (or attempted): the truth
+    /// while the agent runs. `None` until the disk could be read once.
+    records: Option<BTreeMap<String, Record>>,
+    /// Numbers every write of the whole state; of two copies, the one with
+    /// the higher number is the newer.
+    seq: u64,
+    /// A write failed since the last whole write: the next one writes
+    /// every record, in sled and in the mirror.
+    behind: bool,
+}
+
+struct Open {
+    db: sled::Db,
+    /// sled's data file, for the fsync sled leaves out (it only calls
+    /// `sync_file_range`). fsync flushes the inode whichever descriptor
+    /// wrote to it.
+    data: File,
+    mirror: Mirror,
+}
+
+/// What opening the files found.
+struct Found {
+    open: Open,
+    seq: u64,
+    records: BTreeMap<String, Record>,
 }
 
 /// How long a reopen waits for sled to release the old database's file
@@ -88,15 +126,40 @@ pub struct Store {
 /// background threads may hold a moment longer).
 const REOPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
+fn io_error(context: String) -> impl FnOnce(std::io::Error) -> StoreError {
+    move |e| StoreError {
+        context,
+        source: sled::Error::Io(e),
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
 impl Store {
-    /// Opens (or creates) the database in `<state_dir>/db`. The state
-    /// directory is created 0700 when missing.
+    /// Opens (or creates) the store in `state_dir` (created 0700 when
+    /// missing): sled's database in `db/` and its mirror beside it. A
+    /// damaged database is moved aside (replacing one moved aside before)
+    /// and its records are restored from the mirror; so are those of a
+    /// database that opens with older records than the mirror (a power cut
+    /// tore its last write). `Err` when the files cannot be opened at all
+    /// (a read-only or full disk, a lock held by another agent, a newer
+    /// schema).
     pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
-        let db = open_checked(state_dir)?;
+        let found = open_files(state_dir)?;
         Ok(Store {
-            db: std::sync::Mutex::new(Some(db)),
-            path: state_dir.join("db"),
-            failed: std::sync::atomic::AtomicBool::new(false),
+            state_dir: state_dir.to_owned(),
+            inner: Mutex::new(Inner {
+                open: Some(found.open),
+                records: Some(found.records),
+                seq: found.seq,
+                behind: false,
+            }),
         })
     }
 
@@ -105,29 +168,326 @@ impl Store {
     /// once it works. Until then each use fails with the reason.
     pub fn unopened(state_dir: &Path) -> Store {
         Store {
-            db: std::sync::Mutex::new(None),
-            path: state_dir.join("db"),
-            failed: std::sync::atomic::AtomicBool::new(true),
+            state_dir: state_dir.to_owned(),
+            inner: Mutex::new(Inner {
+                open: None,
+                records: None,
+                seq: 0,
+                behind: false,
+            }),
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Opens the files when they are not open. The first time, the records
+    /// found there become the store's; later (after a failed write) the
+    /// records in memory are newer and are all written at the next write.
+    fn ensure_open(&self, inner: &mut Inner) -> Result<(), StoreError> {
+        if inner.open.is_some() {
+            return Ok(());
+        }
+        let start = std::time::Instant::now();
+        let found = loop {
+            match open_files(&self.state_dir) {
+                Ok(found) => break found,
+                // The database of the failed write is still being let go.
+                Err(e)
+                    if inner.records.is_some()
+                        && e.source.to_string().contains("acquire lock")
+                        && start.elapsed() < REOPEN_WAIT =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        if inner.records.is_none() {
+            inner.records = Some(found.records);
+            inner.seq = found.seq;
+        } else {
+            inner.seq = inner.seq.max(found.seq);
+            inner.behind = true;
+        }
+        inner.open = Some(found.open);
+        Ok(())
+    }
+
+    /// sled's database directory.
+    pub fn path(&self) -> PathBuf {
+        self.state_dir.join("db")
+    }
+
+    /// Every stored record.
+    pub fn load_all(&self) -> Result<Vec<(String, Record)>, StoreError> {
+        let mut inner = self.lock();
+        self.ensure_open(&mut inner)?;
+        let records = inner.records.as_ref().expect("read when opened");
+        Ok(records
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    /// Writes one provider's record; once this returns `Ok` it is durable.
+    pub fn save(&self, name: &str, record: &Record) -> Result<(), StoreError> {
+        self.change(name, Some(record))
+    }
+
+    /// Forgets a provider's record; durable once this returns `Ok`.
+    pub fn remove(&self, name: &str) -> Result<(), StoreError> {
+        self.change(name, None)
+    }
+
+    fn change(&self, name: &str, record: Option<&Record>) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        let opened = self.ensure_open(&mut inner);
+        // Never read: there is nothing in memory to change yet.
+        let Some(records) = inner.records.as_mut() else {
+            return opened;
+        };
+        let changed = match record {
+            Some(r) => records.insert(name.to_owned(), r.clone()).as_ref() != Some(r),
+            None => records.remove(name).is_some(),
+        };
+        if let Err(e) = opened {
+            inner.behind = true;
+            return Err(e);
+        }
+        if !changed && !inner.behind {
+            return Ok(());
+        }
+        self.write(&mut inner, name)
+    }
+
+    /// Writes the state in memory: `name`'s record (every record when
+    /// behind) and the sequence number into sled in one batch, flushed and
+    /// fsynced; then the whole state into the mirror, fsynced. Two fsyncs.
+    fn write(&self, inner: &mut Inner, name: &str) -> Result<(), StoreError> {
+        inner.seq += 1;
+        let seq = inner.seq;
+        let behind = inner.behind;
+        let db_path = self.path();
+        let records = inner.records.as_ref().expect("written only once read");
+        let open = inner.open.as_mut().expect("written only when open");
+        let result = (|| {
+            let mut batch = sled::Batch::default();
+            if behind {
+                for k in open.db.scan_prefix(PREFIX).keys() {
+                    batch.remove(k.map_err(|source| StoreError {
+                        context: format!("reading {}", db_path.display()),
+                        source,
+                    })?);
+                }
+                for (n, r) in records {
+                    batch.insert(key(n), encode(r));
+                }
+            } else {
+                match records.get(name) {
+                    Some(r) => batch.insert(key(name), encode(r)),
+                    None => batch.remove(key(name)),
+                }
+            }
+            batch.insert(SEQ_KEY, &seq.to_be_bytes()[..]);
+            open.db.apply_batch(batch).map_err(|source| StoreError {
+                context: format!("writing to {}", db_path.display()),
+                source,
+            })?;
+            sync(&open.db, &open.data, &db_path)?;
+            open.mirror
+                .write(seq, records)
+                .map_err(io_error("writing the store's mirror".into()))
+        })();
+        match result {
+            Ok(()) => inner.behind = false,
+            Err(_) => {
+                inner.behind = true;
+                inner.open = None;
+            }
+        }
+        result
+    }
+
+    /// Makes sure everything is on disk (at shutdown); writes the whole
+    /// state again if a write failed meanwhile.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        if inner.records.is_none() {
+            return Ok(());
+        }
+        if inner.behind || inner.open.is_none() {
+            self.ensure_open(&mut inner)?;
+            inner.behind = true;
+            return self.write(&mut inner, "");
+        }
+        let open = inner.open.as_ref().expect("checked above");
+        sync(&open.db, &open.data, &self.path())
     }
 }
 
-/// Creates the state directory when missing, opens the database in it and
-/// checks (or writes) its schema version.
-fn open_checked(state_dir: &Path) -> Result<sled::Db, StoreError> {
-    let path = state_dir.join("db");
-    let err = |context: String| move |source| StoreError { context, source };
-    if !state_dir.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(state_dir)
-            .map_err(|e| StoreError {
-                context: format!("creating {}", state_dir.display()),
-                source: sled::Error::Io(e),
-            })?;
+/// sled's flush, then the fsync it leaves out.
+fn sync(db: &sled::Db, data: &File, db_path: &Path) -> Result<(), StoreError> {
+    db.flush().map_err(|source| StoreError {
+        context: format!("flushing {}", db_path.display()),
+        source,
+    })?;
+    data.sync_all().map_err(io_error(format!(
+        "syncing {}",
+        db_path.join("db").display()
+    )))
+}
+
+fn encode(record: &Record) -> Vec<u8> {
+    serde_json::to_vec(record).expect("a record always serialises")
+}
+
+/// Opens the mirror and sled's database in `state_dir`, recovering as
+/// [`Store::open`] describes, and makes durable whatever opening created
+/// or renamed.
+fn open_files(state_dir: &Path) -> Result<Found, StoreError> {
+    let db_path = state_dir.join("db");
+    crate::durable::create_dir_all(state_dir, 0o700)
+        .map_err(io_error(format!("creating {}", state_dir.display())))?;
+    let (mirror, copy) =
+        Mirror::open(state_dir).map_err(io_error("opening the store's mirror".into()))?;
+    let mut damage: Option<(StoreError, PathBuf)> = None;
+    let (db, sled_seq, sled_records) = loop {
+        let attempt = open_checked(&db_path).and_then(|db| {
+            let (seq, records) = read_sled(&db)?;
+            Ok((db, seq, records))
+        });
+        match attempt {
+            Ok(found) => break found,
+            Err(e) if e.is_damage() && damage.is_none() && db_path.exists() => {
+                let aside = move_aside(state_dir, &db_path)?;
+                damage = Some((e, aside));
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let data_path = db_path.join("db");
+    let data =
+        File::open(&data_path).map_err(io_error(format!("opening {}", data_path.display())))?;
+    // sled writes its config and snapshot files and creates its folders
+    // without syncing them or the directories that hold them.
+    let conf = db_path.join("conf");
+    File::open(&conf)
+        .and_then(|f| f.sync_all())
+        .map_err(io_error(format!("syncing {}", conf.display())))?;
+    for dir in [db_path.join("blobs"), db_path.clone()] {
+        crate::durable::sync_dir(&dir).map_err(io_error(format!("syncing {}", dir.display())))?;
     }
-    let db = open_db(&path)?;
+    sync(&db, &data, &db_path)?;
+    let mut open = Open { db, data, mirror };
+    let (seq, records) = match copy.filter(|c| damage.is_some() || c.seq > sled_seq) {
+        Some(c) => {
+            let n = c.records.len();
+            match &damage {
+                Some((e, aside)) => log::warn!(
+                    "store: {e}; moved it to {} and restored {n} provider record{} from {}",
+                    aside.display(),
+                    plural(n),
+                    c.path.display()
+                ),
+                None => log::warn!(
+                    "store: {} opened with older records than {} (a power cut tore its last \
+                     write); restored {n} provider record{} from the latter",
+                    db_path.display(),
+                    c.path.display(),
+                    plural(n),
+                ),
+            }
+            // Bring sled up to the mirror's state, in one batch.
+            let mut batch = sled::Batch::default();
+            for k in sled_records.keys().filter(|k| !c.records.contains_key(*k)) {
+                batch.remove(key(k));
+            }
+            for (n, r) in &c.records {
+                batch.insert(key(n), encode(r));
+            }
+            batch.insert(SEQ_KEY, &c.seq.to_be_bytes()[..]);
+            open.db.apply_batch(batch).map_err(|source| StoreError {
+                context: format!("restoring records into {}", db_path.display()),
+                source,
+            })?;
+            sync(&open.db, &open.data, &db_path)?;
+            (c.seq, c.records)
+        }
+        None => {
+            if let Some((e, aside)) = &damage {
+                log::error!(
+                    "store: {e}; moved it to {} and started a fresh one (no readable mirror to \
+                     restore from)",
+                    aside.display()
+                );
+            }
+            (sled_seq, sled_records)
+        }
+    };
+    // The mirror holds this state too: it lags one write behind after a cut
+    // between the two, is unreadable after a cut during its own write, and
+    // is missing in a store written by an older agent.
+    open.mirror
+        .write(seq, &records)
+        .map_err(io_error("writing the store's mirror".into()))?;
+    Ok(Found { open, seq, records })
+}
+
+/// Moves a damaged database aside as `db.broken-<unix time>`, deleting one
+/// moved aside before: one is enough to diagnose, and the card is small.
+fn move_aside(state_dir: &Path, db_path: &Path) -> Result<PathBuf, StoreError> {
+    if let Ok(entries) = std::fs::read_dir(state_dir) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with("db.broken-") {
+                let p = e.path();
+                std::fs::remove_dir_all(&p)
+                    .or_else(|_| std::fs::remove_file(&p))
+                    .map_err(io_error(format!("removing {}", p.display())))?;
+            }
+        }
+    }
+    let aside = state_dir.join(format!("db.broken-{}", crate::timefmt::now_unix()));
+    crate::durable::rename(db_path, &aside)
+        .map_err(io_error(format!("moving {} aside", db_path.display())))?;
+    Ok(aside)
+}
+
+/// The sequence number and records in sled. A record that cannot be
+/// parsed is skipped with a warning (the next success overwrites it).
+fn read_sled(db: &sled::Db) -> Result<(u64, BTreeMap<String, Record>), StoreError> {
+    let err = |source| StoreError {
+        context: "reading records".into(),
+        source,
+    };
+    let seq = match db.get(SEQ_KEY).map_err(err)? {
+        Some(v) => v
+            .as_ref()
+            .try_into()
+            .map(u64::from_be_bytes)
+            .unwrap_or_default(),
+        // Written by an agent from before the mirror.
+        None => 0,
+    };
+    let mut out = BTreeMap::new();
+    for item in db.scan_prefix(PREFIX) {
+        let (k, v) = item.map_err(err)?;
+        let name = String::from_utf8_lossy(&k[PREFIX.len()..]).into_owned();
+        match serde_json::from_slice::<Record>(&v) {
+            Ok(r) => {
+                out.insert(name, r);
+            }
+            Err(e) => log::warn!("{name}: stored record unreadable ({e}), ignoring it"),
+        }
+    }
+    Ok((seq, out))
+}
+
+/// Opens the database at `path` and checks (or writes) its schema version.
+fn open_checked(path: &Path) -> Result<sled::Db, StoreError> {
+    let err = |context: String| move |source| StoreError { context, source };
+    let db = open_db(path)?;
     match db
         .get(SCHEMA_KEY)
         .map_err(err("reading schema version".into()))?
@@ -135,8 +495,6 @@ fn open_checked(state_dir: &Path) -> Result<sled::Db, StoreError> {
         None => {
             db.insert(SCHEMA_KEY, SCHEMA_VERSION)
                 .map_err(err("writing schema version".into()))?;
-            db.flush()
-                .map_err(err(format!("flushing {}", path.display())))?;
         }
         Some(v) if v.as_ref() == SCHEMA_VERSION => {}
         Some(v) => {
@@ -152,124 +510,6 @@ fn open_checked(state_dir: &Path) -> Result<sled::Db, StoreError> {
         }
     }
     Ok(db)
-}
-
-impl Store {
-    /// Runs `f` on the database, reopening it first when an earlier write
-    /// failed; a failure of `f` marks it for reopening.
-    fn with_db<T>(
-        &self,
-        f: impl FnOnce(&sled::Db) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        use std::sync::atomic::Ordering;
-        let mut slot = self.db.lock().unwrap_or_else(|p| p.into_inner());
-        if self.failed.load(Ordering::SeqCst) {
-            // Drop the stuck database before opening the files again.
-            drop(slot.take());
-            let start = std::time::Instant::now();
-            let state_dir = self.path.parent().unwrap_or(Path::new("."));
-            *slot = Some(loop {
-                match open_checked(state_dir) {
-                    Ok(db) => break db,
-                    Err(e)
-                        if e.source.to_string().contains("acquire lock")
-                            && start.elapsed() < REOPEN_WAIT =>
-                    {
-                        std::thread::sleep(std::time::Duration::from_millis(10))
-                    }
-                    Err(e) => return Err(e),
-                }
-            });
-            self.failed.store(false, Ordering::SeqCst);
-        }
-        let db = slot.as_ref().expect("reopened above");
-        let result = f(db);
-        if result.is_err() {
-            self.failed.store(true, Ordering::SeqCst);
-        }
-        result
-    }
-
-    /// Opens the store; if it cannot be opened, moves the broken database
-    /// aside and starts a fresh one. `Err` only when even that fails.
-    pub fn open_or_recover(state_dir: &Path) -> Result<Store, StoreError> {
-        match Store::open(state_dir) {
-            Ok(s) => Ok(s),
-            Err(e) if e.is_damage() => {
-                let db = state_dir.join("db");
-                if !db.exists() {
-                    return Err(e);
-                }
-                let aside = state_dir.join(format!("db.broken-{}", crate::timefmt::now_unix()));
-                log::error!(
-                    "store: {e}; moving it to {} and starting a fresh one",
-                    aside.display()
-                );
-                std::fs::rename(&db, &aside).map_err(|io| StoreError {
-                    context: format!("moving {} aside", db.display()),
-                    source: sled::Error::Io(io),
-                })?;
-                Store::open(state_dir)
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Every stored record. Unreadable records are skipped with a warning
-    /// (they will be overwritten by the next success).
-    pub fn load_all(&self) -> Result<Vec<(String, Record)>, StoreError> {
-        let mut out = Vec::new();
-        let items: Vec<_> = self.with_db(|db| Ok(db.scan_prefix(PREFIX).collect()))?;
-        for item in items {
-            let (k, v) = item.map_err(|source| StoreError {
-                context: "reading records".into(),
-                source,
-            })?;
-            let name = String::from_utf8_lossy(&k[PREFIX.len()..]).into_owned();
-            match serde_json::from_slice::<Record>(&v) {
-                Ok(r) => out.push((name, r)),
-                Err(e) => log::warn!("{name}: stored record unreadable ({e}), ignoring it"),
-            }
-        }
-        Ok(out)
-    }
-
-    /// Writes one provider's record and flushes it to disk.
-    pub fn save(&self, name: &str, record: &Record) -> Result<(), StoreError> {
-        let value = serde_json::to_vec(record).expect("a record always serialises");
-        self.with_db(|db| {
-            db.insert(key(name), value).map_err(|source| StoreError {
-                context: format!("writing {name}"),
-                source,
-            })?;
-            self.flush_db(db)
-        })
-    }
-
-    pub fn remove(&self, name: &str) -> Result<(), StoreError> {
-        self.with_db(|db| {
-            db.remove(key(name)).map_err(|source| StoreError {
-                context: format!("removing {name}"),
-                source,
-            })?;
-            self.flush_db(db)
-        })
-    }
-
-    pub fn flush(&self) -> Result<(), StoreError> {
-        self.with_db(|db| self.flush_db(db))
-    }
-
-    fn flush_db(&self, db: &sled::Db) -> Result<(), StoreError> {
-        db.flush().map(|_| ()).map_err(|source| StoreError {
-            context: format!("flushing {}", self.path.display()),
-            source,
-        })
-    }
 }
 
 fn open_db(path: &Path) -> Result<sled::Db, StoreError> {
@@ -316,8 +556,6 @@ fn segment_size(path: &Path) -> usize {
 fn key(name: &str) -> Vec<u8> {
     format!("{PREFIX}{name}").into_bytes()
 }
-
-use std::os::unix::fs::DirBuilderExt;
 
 #[cfg(test)]
 mod tests {
@@ -426,6 +664,122 @@ mod tests {
         std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
     }
 
+    fn record_with(token: &str) -> Record {
+        let mut r = record();
+        r.token.as_mut().unwrap().access = Secret::new(token);
+        r
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                copy_dir(&e.path(), &to.join(e.file_name()));
+            } else {
+                std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+            }
+        }
+    }
+
+    fn broken_count(dir: &Path) -> usize {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("db.broken-")
+            })
+            .count()
+    }
+
+    #[test]
+    fn a_database_that_lost_its_last_write_is_restored_from_the_mirror() {
+        let dir = tempdir();
+        let old = dir.join("old-db");
+        {
+            let s = Store::open(&dir).unwrap();
+            s.save("a", &record_with("one")).unwrap();
+            s.save("b", &record_with("b")).unwrap();
+        }
+        // sled as a torn write could leave it: before the last two writes.
+        copy_dir(&reopen(&dir).path(), &old);
+        {
+            let s = reopen(&dir);
+            s.save("a", &record_with("two")).unwrap();
+            s.remove("b").unwrap();
+        }
+        std::fs::remove_dir_all(dir.join("db")).unwrap();
+        std::fs::rename(&old, dir.join("db")).unwrap();
+        let s = reopen(&dir);
+        assert_eq!(
+            s.load_all().unwrap(),
+            vec![("a".to_owned(), record_with("two"))]
+        );
+        drop(s);
+        // sled itself was brought up to date: the mirror is not needed now.
+        for name in mirror::NAMES {
+            std::fs::remove_file(dir.join(name)).unwrap();
+        }
+        let s = reopen(&dir);
+        assert_eq!(
+            s.load_all().unwrap(),
+            vec![("a".to_owned(), record_with("two"))]
+        );
+        drop(s);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_damaged_database_is_restored_from_the_mirror_and_one_kept_aside() {
+        let dir = tempdir();
+        {
+            let s = Store::open(&dir).unwrap();
+            s.save("a", &record_with("one")).unwrap();
+        }
+        for round in 0..2 {
+            std::fs::write(dir.join("db/conf"), b"\xff\xfe not a sled config").unwrap();
+            let s = reopen(&dir);
+            assert_eq!(
+                s.load_all().unwrap(),
+                vec![("a".to_owned(), record_with("one"))],
+                "round {round}"
+            );
+            drop(s);
+            assert_eq!(broken_count(&dir), 1);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_torn_mirror_is_rewritten_from_the_database() {
+        let dir = tempdir();
+        {
+            let s = Store::open(&dir).unwrap();
+            s.save("a", &record_with("one")).unwrap();
+        }
+        for name in mirror::NAMES {
+            std::fs::write(dir.join(name), b"SAAMIRR1 torn").unwrap();
+        }
+        let s = reopen(&dir);
+        assert_eq!(
+            s.load_all().unwrap(),
+            vec![("a".to_owned(), record_with("one"))]
+        );
+        drop(s);
+        // Now sled goes; the rewritten mirror holds the record.
+        std::fs::write(dir.join("db/conf"), b"garbage").unwrap();
+        let s = reopen(&dir);
+        assert_eq!(
+            s.load_all().unwrap(),
+            vec![("a".to_owned(), record_with("one"))]
+        );
+        drop(s);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn a_broken_database_is_moved_aside() {
         let dir = tempdir();
@@ -433,7 +787,7 @@ mod tests {
         // Garbage where sled expects its config file.
         std::fs::write(dir.join("db/conf"), b"\xff\xfe not a sled config").unwrap();
         std::fs::write(dir.join("db/db"), b"garbage").unwrap();
-        let s = Store::open_or_recover(&dir).unwrap();
+        let s = Store::open(&dir).unwrap();
         s.save("a", &record()).unwrap();
         let moved = std::fs::read_dir(&dir)
             .unwrap()

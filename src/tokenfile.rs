@@ -3,20 +3,18 @@
 //! atomically (write a temporary file, fsync, rename, fsync the directory),
 //! so a reader sees the old file or the new one, never half of one.
 
-use std::fs::{self, File, OpenOptions};
+use crate::durable;
+use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 /// Replaces `path` with `contents`, mode 0640, group `gid` when given.
 pub fn write(path: &Path, contents: &[u8], gid: Option<u32>) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    if !dir.exists() {
-        fs::DirBuilder::new().recursive(true).create(dir)?;
-    }
+    let dir = durable::parent(path);
+    // New folders are made durable too: a token file in a folder whose
+    // own name a power cut took away would be lost with it.
+    durable::create_dir_all(dir, 0o777)?;
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "token file has no name"))?;
@@ -38,8 +36,7 @@ pub fn write(path: &Path, contents: &[u8], gid: Option<u32>) -> io::Result<()> {
         f.write_all(contents)?;
         f.sync_all()?;
         drop(f);
-        fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
+        durable::rename(&tmp, path)
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
@@ -47,11 +44,13 @@ pub fn write(path: &Path, contents: &[u8], gid: Option<u32>) -> io::Result<()> {
     result
 }
 
-/// Removes a token file; a missing file is fine.
+/// Removes a token file, durably (a power cut does not bring it back); a
+/// missing file is fine.
 pub fn remove(path: &Path) -> io::Result<()> {
     match fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
+        Ok(()) => durable::sync_dir(durable::parent(path)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
     }
 }
 

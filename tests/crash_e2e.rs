@@ -8,48 +8,12 @@ use crate::util::*;
 use serde_json::Value;
 use shop_auth_agent::standin::{Kind, Mode};
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// `SHOP_AUTH_AGENT_CRASH_ITERATIONS` overrides it (a longer soak).
 const ITERATIONS: usize = 100;
-
-/// Asks for renewals of every provider in turn until the agent dies,
-/// noting the last token each answer handed out.
-fn hammer(
-    socket: std::path::PathBuf,
-    served: Arc<Mutex<HashMap<String, String>>>,
-    stop: Arc<AtomicBool>,
-) {
-    let Ok(stream) = UnixStream::connect(&socket) else {
-        return;
-    };
-    let mut writer = stream.try_clone().unwrap();
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    while !stop.load(Ordering::SeqCst) {
-        for name in PROVIDERS {
-            if writer
-                .write_all(format!("REFRESH {name}\n").as_bytes())
-                .is_err()
-            {
-                return;
-            }
-            line.clear();
-            match reader.read_line(&mut line) {
-                Ok(n) if n > 0 && line.ends_with('\n') => {}
-                _ => return, // killed mid-answer
-            }
-            let a: Value = serde_json::from_str(&line).unwrap();
-            if let Some(t) = a["access_token"].as_str() {
-                served.lock().unwrap().insert(name.to_owned(), t.to_owned());
-            }
-        }
-    }
-}
 
 #[test]
 fn kill_9_during_renewals_never_loses_or_corrupts_a_token() {
@@ -85,7 +49,7 @@ fn kill_9_during_renewals_never_loses_or_corrupts_a_token() {
         let worker = {
             let (socket, served, stop) =
                 (agent.socket.clone(), Arc::clone(&served), Arc::clone(&stop));
-            std::thread::spawn(move || hammer(socket, served, stop))
+            std::thread::spawn(move || refresh_until_dead(socket, served, stop))
         };
         // The moment of the crash, at random within the renewals (the
         // one place a sleep belongs: it is the thing under test).

@@ -12,3 +12,4 @@ mod crash_e2e;
 mod disk_e2e;
 mod faults_e2e;
 mod fleet_sim;
+mod powercut_e2e;

@@ -11,6 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The providers `Standin::providers_toml` configures.
@@ -323,4 +324,38 @@ pub fn stdout(out: &std::process::Output) -> String {
 
 pub fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Asks for renewals of every provider in turn until the agent dies or
+/// `stop` is set, noting the last token each answer handed out.
+pub fn refresh_until_dead(
+    socket: PathBuf,
+    served: Arc<Mutex<std::collections::HashMap<String, String>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let Ok(stream) = UnixStream::connect(&socket) else {
+        return;
+    };
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        for name in PROVIDERS {
+            if writer
+                .write_all(format!("REFRESH {name}\n").as_bytes())
+                .is_err()
+            {
+                return;
+            }
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(n) if n > 0 && line.ends_with('\n') => {}
+                _ => return, // killed mid-answer
+            }
+            let a: Value = serde_json::from_str(&line).unwrap();
+            if let Some(t) = a["access_token"].as_str() {
+                served.lock().unwrap().insert(name.to_owned(), t.to_owned());
+            }
+        }
+    }
 }
