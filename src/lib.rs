@@ -15,6 +15,7 @@ pub mod dev;
 pub mod durable;
 pub mod http;
 pub mod jwt;
+pub mod lifecycle;
 pub mod notify;
 pub mod paths;
 pub mod protocol;

@@ -1,16 +1,22 @@
-//! The refresh scheduler: owns every provider's runtime state (its token,
-//! health and next deadline) and is the only writer of tokens. One named
-//! thread, `refresh`, sleeps on a condition variable until the earliest
-//! deadline or until a client asks for something; each attempt then runs on
-//! its own short-lived thread so that a slow partner delays nobody else.
+//! The refresh scheduler: the executor of every provider's
+//! [`Lifecycle`](crate::lifecycle). It owns the table of providers and is
+//! the only writer of tokens. One named thread, `refresh`, sleeps on a
+//! condition variable until the earliest planned attempt; each attempt runs
+//! on its own short-lived thread so that a slow partner delays nobody else.
+//! What a provider does and when is decided by the lifecycle's transition
+//! function; this module feeds it events (timers, client requests, attempt
+//! results, clock jumps, reloads) and carries out its actions: start an
+//! attempt, persist, wake waiting clients, tell systemd.
 //!
 //! The socket server reads through [`Scheduler`]'s methods; REFRESH,
-//! INVALIDATE and LOGOUT only raise flags and wait for the attempt that
-//! serves them, so concurrent requests for one provider share one attempt.
+//! INVALIDATE and LOGOUT are events whose clients then wait for the attempt
+//! that serves them, so concurrent requests for one provider share one
+//! attempt.
 
 use crate::clock::{self, Watch};
 use crate::config::{ProviderSettings, Settings};
 use crate::http::Http;
+use crate::lifecycle::{self, Action, Event, Lifecycle, Now, Op, Outcome, Timing};
 use crate::protocol::{self, ProviderStatus};
 use crate::providers::{self, ErrorKind, Grant, Provider, ProviderError};
 use crate::store::{Health, Record, Store};
@@ -39,6 +45,8 @@ pub struct Scheduler {
     /// The store could not be read at start: its tokens are taken in when
     /// it first can be, before anything is written over them.
     unloaded: AtomicBool,
+    /// The origin of the lifecycles' monotonic milliseconds.
+    origin: Instant,
 }
 
 /// Clears `running` when the refresh thread ends, by return or by panic.
@@ -80,6 +88,7 @@ struct Untrusted {
     lower_bound: bool,
 }
 
+/// One provider: its settings, how to reach it, and its lifecycle.
 struct Slot {
     settings: Arc<ProviderSettings>,
     provider: Arc<dyn Provider>,
@@ -87,24 +96,7 @@ struct Slot {
     /// Changes when the slot is rebuilt by a reload; a worker's result for
     /// an older generation is not installed.
     generation: u64,
-    token: Option<Arc<Token>>,
-    /// While the clock is untrusted: the stored token as stored; `token`
-    /// then holds it judged against the earliest the real time can be.
-    restored: Option<Arc<Token>>,
-    health: Health,
-    /// Wall-clock second at which the current token is due for renewal.
-    refresh_at: Option<i64>,
-    next_attempt: Option<Instant>,
-    in_flight: bool,
-    started: u64,
-    finished: u64,
-    force: bool,
-    invalidate: bool,
-    /// INVALIDATE was asked: the current token is not served again.
-    refused: bool,
-    logout: bool,
-    /// The outcome of the last finished attempt: `Err((message, retry_in))`.
-    last_outcome: Option<Result<(), (String, Option<u64>)>>,
+    life: Lifecycle,
 }
 
 /// Why a provider's token cannot be handed out.
@@ -125,22 +117,25 @@ pub enum TokenError {
 /// A token answer: the token and its state (`fresh` or `renewing`).
 pub type Served = (Arc<Token>, &'static str);
 
-enum Op {
-    Renew { invalidate: bool },
-    Logout,
-}
-
+/// An attempt to carry out, on its own thread.
 struct Job {
     name: String,
     generation: u64,
     settings: Arc<ProviderSettings>,
     provider: Arc<dyn Provider>,
     http: Arc<Http>,
-    token: Option<Arc<Token>>,
-    health: Health,
+    /// The token to renew or revoke (as persisted).
+    token: Option<Token>,
     op: Op,
     /// `ClockState::shifted` when the job started.
     clock_shifted: i64,
+}
+
+fn timing(p: &ProviderSettings) -> Timing {
+    Timing {
+        refresh_before: p.refresh_before,
+        max_backoff: p.max_backoff,
+    }
 }
 
 impl Scheduler {
@@ -158,7 +153,11 @@ impl Scheduler {
                 }
             }
         }
-        let now = now_unix();
+        let origin = Instant::now();
+        let now = Now {
+            wall: now_unix(),
+            mono: 0,
+        };
         // The newest time the store knows of: real time has passed it.
         let newest_stored = stored
             .values()
@@ -170,7 +169,7 @@ impl Scheduler {
             })
             .flatten()
             .max();
-        let untrusted = clock::behind_at_boot(now, newest_stored).map(|behind| {
+        let untrusted = clock::behind_at_boot(now.wall, newest_stored).map(|behind| {
             log::warn!(
                 "clock: the wall clock is {behind}s behind the newest stored time (not yet synchronised?); \
                  stored tokens are judged against that time and renewed at once"
@@ -189,41 +188,41 @@ impl Scheduler {
             socket_group: settings.agent.socket_group,
             next_generation: 1,
             clock: ClockState {
-                watch: Watch::new(now_unix_ms(), Instant::now()),
+                watch: Watch::new(now_unix_ms(), origin),
                 shifted: 0,
                 untrusted,
             },
         };
         for p in &settings.providers {
-            let mut slot = table.new_slot(p)?;
-            match stored.remove(&p.name) {
+            let (token, health) = match stored.remove(&p.name) {
                 Some(record) if record.identity == p.identity() => {
-                    slot.health = record.health;
-                    if let Some(t) = record.token.filter(|_| p.persist) {
-                        let t = Arc::new(t);
-                        match untrusted {
-                            Some(u) => {
-                                slot.token = Some(Arc::new(shifted(&t, -u.behind.max(0))));
-                                slot.restored = Some(t);
-                            }
-                            None => slot.token = Some(t),
-                        }
-                        if let Some(t) = slot.token.as_ref().filter(|t| t.is_valid(now)) {
-                            log::info!(
-                                "{}: restored a token valid for {}s",
-                                p.name,
-                                t.expires_in(now)
-                            );
-                        }
-                    }
+                    (record.token.filter(|_| p.persist), record.health)
                 }
-                Some(_) => log::info!(
-                    "{}: the stored token belongs to another account; not using it",
-                    p.name
-                ),
-                None => {}
+                Some(_) => {
+                    log::info!(
+                        "{}: the stored token belongs to another account; not using it",
+                        p.name
+                    );
+                    (None, Health::default())
+                }
+                None => (None, Health::default()),
+            };
+            let life = Lifecycle::new(
+                timing(p),
+                token,
+                health,
+                untrusted.map(|u| u.behind),
+                now,
+                rand::unit(),
+            );
+            if let Some((t, _)) = life.serve(now.wall) {
+                log::info!(
+                    "{}: restored a token valid for {}s",
+                    p.name,
+                    t.expires_in(now.wall)
+                );
             }
-            slot.plan_initial(now);
+            let slot = table.new_slot(p, life)?;
             table.slots.insert(p.name.clone(), slot);
         }
         // Records of providers no longer configured are dropped.
@@ -241,6 +240,7 @@ impl Scheduler {
             writes: Mutex::new(()),
             running: AtomicBool::new(false),
             unloaded: AtomicBool::new(unloaded),
+            origin,
         }))
     }
 
@@ -261,6 +261,18 @@ impl Scheduler {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn now(&self) -> Now {
+        Now {
+            wall: now_unix(),
+            mono: self.origin.elapsed().as_millis() as u64,
+        }
+    }
+
+    /// The instant of a monotonic time of the lifecycles.
+    fn instant(&self, mono: lifecycle::Mono) -> Instant {
+        self.origin + Duration::from_millis(mono)
+    }
+
     /// Whether the refresh thread is alive and the state lock can be taken
     /// (not held forever by a stuck thread).
     pub fn is_healthy(&self) -> bool {
@@ -278,6 +290,59 @@ impl Scheduler {
         }
     }
 
+    /// Feeds `event` to the named provider's lifecycle and carries out what
+    /// it asks, but for `Await`, `Refuse` and `Persist`, which go back to
+    /// the caller. Called with the table locked.
+    fn apply(self: &Arc<Self>, table: &mut Table, name: &str, event: Event) -> Vec<Action> {
+        let now = self.now();
+        let clock_shifted = table.clock.shifted;
+        let Some(slot) = table.slots.get_mut(name) else {
+            return vec![];
+        };
+        let actions = slot.life.on(event, now, rand::unit());
+        let mut back = Vec::new();
+        let mut wake = false;
+        for action in actions {
+            match action {
+                Action::Start(op) => self.start(slot, name, op, clock_shifted),
+                Action::Wake => wake = true,
+                other => back.push(other),
+            }
+        }
+        if wake {
+            self.cv.notify_all();
+            notify::status(&table.summary(now.wall));
+        } else {
+            // A new attempt or plan: the refresh thread re-reads deadlines.
+            self.cv.notify_all();
+        }
+        back
+    }
+
+    /// Starts an attempt on its own thread.
+    fn start(self: &Arc<Self>, slot: &Slot, name: &str, op: Op, clock_shifted: i64) {
+        let job = Job {
+            name: name.to_owned(),
+            generation: slot.generation,
+            settings: Arc::clone(&slot.settings),
+            provider: Arc::clone(&slot.provider),
+            http: Arc::clone(&slot.http),
+            token: slot.life.persisted_token().cloned(),
+            op,
+            clock_shifted,
+        };
+        let me = Arc::clone(self);
+        let spawned = thread::Builder::new()
+            .name(format!("refresh:{name}"))
+            .stack_size(256 * 1024)
+            .spawn(move || me.attempt(job));
+        if let Err(e) = spawned {
+            // The job is lost with its thread; the slot stays in flight.
+            // Without threads the agent cannot work.
+            log::error!("cannot start a refresh thread: {e}");
+        }
+    }
+
     fn run(self: Arc<Self>) {
         let _running = Running(&self.running);
         self.write_token_files();
@@ -286,43 +351,25 @@ impl Scheduler {
             if table.shutdown {
                 return;
             }
-            table.observe_clock();
-            let now = Instant::now();
-            let mut jobs = Vec::new();
-            let mut earliest: Option<Instant> = None;
-            let clock_shifted = table.clock.shifted;
-            for (name, slot) in table.slots.iter_mut() {
-                if slot.in_flight {
-                    continue;
-                }
-                let due_by_time =
-                    !slot.health.logged_out && slot.next_attempt.is_some_and(|t| t <= now);
-                if slot.logout || slot.force || due_by_time {
-                    jobs.push(slot.start(name, clock_shifted));
-                } else if let Some(t) = slot.next_attempt.filter(|_| !slot.health.logged_out) {
-                    earliest = Some(earliest.map_or(t, |e: Instant| e.min(t)));
-                }
+            self.observe_clock(&mut table);
+            let now = self.now();
+            let due: Vec<String> = table
+                .slots
+                .iter()
+                .filter(|(_, s)| s.life.next_attempt().is_some_and(|t| t <= now.mono))
+                .map(|(name, _)| name.clone())
+                .collect();
+            for name in &due {
+                self.apply(&mut table, name, Event::Tick);
             }
-            if !jobs.is_empty() {
-                drop(table);
-                for job in jobs {
-                    let me = Arc::clone(&self);
-                    let spawned = thread::Builder::new()
-                        .name(format!("refresh:{}", job.name))
-                        .stack_size(256 * 1024)
-                        .spawn(move || me.attempt(job));
-                    if let Err(e) = spawned {
-                        // The job is lost with its thread; the slot stays
-                        // in flight. Without threads the agent cannot work.
-                        log::error!("cannot start a refresh thread: {e}");
-                    }
-                }
-                table = self.lock();
-                continue;
-            }
+            let earliest = table
+                .slots
+                .values()
+                .filter_map(|s| s.life.next_attempt())
+                .min();
             table = match earliest {
                 Some(t) => {
-                    let wait = t.saturating_duration_since(now);
+                    let wait = self.instant(t).saturating_duration_since(Instant::now());
                     self.cv
                         .wait_timeout(table, wait)
                         .unwrap_or_else(|p| p.into_inner())
@@ -335,17 +382,13 @@ impl Scheduler {
 
     /// One attempt, on its own thread: talk to the partner without any lock,
     /// persist the outcome, then install it.
-    fn attempt(&self, job: Job) {
+    fn attempt(self: Arc<Self>, job: Job) {
         let name = job.name.as_str();
         let now = now_unix();
-        let mut health = job.health.clone();
-        let mut token: Option<Token> = job.token.as_deref().cloned();
         let mut skew = None;
-        // A failed renewal changes no token (but for INVALIDATE's).
-        let mut keeps_token = false;
-        let outcome: Result<(), ProviderError> = match job.op {
+        let mut outcome = match job.op {
             Op::Logout => {
-                if let Some(t) = &token {
+                if let Some(t) = &job.token {
                     match job
                         .provider
                         .logout(&job.http, &t.access, t.refresh.as_ref())
@@ -358,28 +401,16 @@ impl Scheduler {
                 } else {
                     log::info!("{name}: logged out (no token was held)");
                 }
-                token = None;
-                health = Health {
-                    logged_out: true,
-                    last_refresh: health.last_refresh,
-                    ..Health::default()
-                };
-                Ok(())
+                Outcome::LoggedOut
             }
-            Op::Renew { invalidate } => {
-                let old_refresh = token.as_ref().and_then(|t| t.refresh.clone());
+            Op::Renew { .. } => {
+                let old_refresh = job.token.as_ref().and_then(|t| t.refresh.clone());
                 match obtain(name, &job, old_refresh.as_ref()) {
                     Ok((grant, how)) => {
                         let iat = crate::jwt::claims(grant.access.expose()).and_then(|c| c.iat);
                         skew = clock::partner_skew(now, grant.server_date, iat);
                         let (mut t, source) =
                             Token::from_grant(grant, now, job.settings.token_lifetime);
-                        // A clock jump while the partner answered: stamp
-                        // the token in the clock's new terms.
-                        let jumped = self.lock().clock.shifted - job.clock_shifted;
-                        if jumped != 0 {
-                            t = shifted(&t, jumped);
-                        }
                         if t.refresh.is_none() && how == "renewed" {
                             // RFC 6749 §6: no new refresh token means the old one stays valid.
                             t.refresh = old_refresh;
@@ -389,34 +420,17 @@ impl Scheduler {
                             t.lifetime(),
                             source.as_str()
                         );
-                        token = Some(t);
-                        health = Health {
-                            last_refresh: Some(now),
-                            ..Health::default()
-                        };
-                        Ok(())
+                        Outcome::Token(t)
                     }
-                    Err(e) => {
-                        health.failures = health.failures.saturating_add(1);
-                        health.last_error = Some(e.to_string());
-                        health.last_error_kind = Some(e.kind.as_str().to_owned());
-                        log::warn!(
-                            "{name}: {} failed (attempt {}): {e}",
-                            if token.is_some() { "renewal" } else { "login" },
-                            health.failures
-                        );
-                        if invalidate {
-                            // The POS saw this token refused; never serve it again.
-                            token = None;
-                        } else {
-                            keeps_token = true;
-                        }
-                        Err(e)
-                    }
+                    Err(e) => Outcome::Failed {
+                        kind: e.kind,
+                        message: e.message,
+                        retry_after: e.retry_after,
+                    },
                 }
             }
         };
-        {
+        let persisted = {
             let _writing = self.writes.lock().unwrap_or_else(|p| p.into_inner());
             if self.lock().shutdown && self.store.is_some() {
                 // Shutting down: the store is being closed; the next start
@@ -428,17 +442,38 @@ impl Scheduler {
                     self.adopt_stored(store);
                 }
             }
-            if keeps_token {
-                // What the slot holds now: the token may have been shifted
-                // by a clock jump or taken in from a late store meanwhile.
-                if let Some(slot) = self
-                    .lock()
+            let persist = {
+                let mut table = self.lock();
+                // A clock jump while the partner answered: stamp the token
+                // in the clock's new terms.
+                let jumped = table.clock.shifted - job.clock_shifted;
+                if let Outcome::Token(t) = &mut outcome {
+                    if jumped != 0 {
+                        *t = lifecycle::shifted(t, jumped);
+                    }
+                }
+                let current = table
                     .slots
                     .get(name)
-                    .filter(|s| s.generation == job.generation)
-                {
-                    token = slot.persisted_token().cloned();
+                    .is_some_and(|s| s.generation == job.generation);
+                if !current {
+                    return;
                 }
+                self.apply(&mut table, name, Event::Finished(outcome))
+            };
+            let Some(Action::Persist { token, health }) = persist.into_iter().next() else {
+                return;
+            };
+            if let (Some(message), true) = (&health.last_error, health.failures > 0) {
+                log::warn!(
+                    "{name}: {} failed (attempt {}): {message}",
+                    if job.token.is_some() {
+                        "renewal"
+                    } else {
+                        "login"
+                    },
+                    health.failures
+                );
             }
             if let Some(store) = &self.store {
                 let record = record(&job.settings, token.as_ref(), &health);
@@ -449,21 +484,19 @@ impl Scheduler {
                 }
             }
             self.write_token_file(&job.settings, token.as_ref());
+            true
+        };
+        if persisted {
+            let mut table = self.lock();
+            if table
+                .slots
+                .get(name)
+                .is_some_and(|s| s.generation == job.generation)
+            {
+                self.apply(&mut table, name, Event::Persisted);
+            }
+            table.learn_skew(name, skew);
         }
-        let token = token.map(Arc::new);
-        let mut table = self.lock();
-        if let Some(slot) = table
-            .slots
-            .get_mut(name)
-            .filter(|s| s.generation == job.generation)
-        {
-            slot.finish(token, health, outcome, now);
-        }
-        table.learn_skew(name, skew);
-        let summary = table.summary(now_unix());
-        drop(table);
-        self.cv.notify_all();
-        notify::status(&summary);
     }
 
     /// Writes (or removes, without a valid token) the provider's token file,
@@ -476,7 +509,8 @@ impl Scheduler {
         let now = now_unix();
         let written = match token.filter(|t| t.is_valid(now)) {
             Some(t) => {
-                let state = state_of(token::refresh_at(t, settings.refresh_before, 0.0), now);
+                let at = token::refresh_at(t, settings.refresh_before, 0.0);
+                let state = lifecycle::fresh_or_renewing(at, now);
                 let mut line = protocol::token(name, t, state, now);
                 line.push('\n');
                 let gid = self.lock().socket_group;
@@ -498,8 +532,8 @@ impl Scheduler {
             .lock()
             .slots
             .values()
-            .filter(|s| s.settings.file.is_some() && !s.in_flight)
-            .map(|s| (Arc::clone(&s.settings), s.persisted_token().cloned()))
+            .filter(|s| s.settings.file.is_some() && !s.life.busy())
+            .map(|s| (Arc::clone(&s.settings), s.life.persisted_token().cloned()))
             .collect();
         for (settings, token) in files {
             self.write_token_file(&settings, token.as_ref());
@@ -542,7 +576,8 @@ impl Scheduler {
             .iter()
             .filter(|(name, _)| name.as_str() != done)
             .map(|(name, slot)| {
-                let record = record(&slot.settings, slot.persisted_token(), &slot.health);
+                let life = &slot.life;
+                let record = record(&slot.settings, life.persisted_token(), life.health());
                 (name.clone(), record)
             })
             .collect();
@@ -559,30 +594,27 @@ impl Scheduler {
             return;
         };
         self.unloaded.store(false, Ordering::SeqCst);
-        let now = now_unix();
+        let now = self.now();
         let mut table = self.lock();
         for (name, r) in all {
             let Some(slot) = table.slots.get_mut(&name) else {
                 continue;
             };
-            if slot.token.is_some()
-                || slot.health.logged_out
-                || !slot.settings.persist
-                || r.identity != slot.settings.identity()
-            {
+            if !slot.settings.persist || r.identity != slot.settings.identity() {
                 continue;
             }
-            if let Some(t) = r.token.filter(|t| t.is_valid(now)) {
+            let Some(t) = r.token else { continue };
+            let had = slot.life.token().is_some();
+            slot.life.on(Event::StoreLoaded(t), now, rand::unit());
+            if let (false, Some(t)) = (had, slot.life.token()) {
                 log::info!(
                     "{name}: restored a token valid for {}s (the store opened late)",
-                    t.expires_in(now)
+                    t.expires_in(now.wall)
                 );
-                if !slot.in_flight {
-                    slot.plan_renewal(&t, now);
-                }
-                slot.token = Some(Arc::new(t));
             }
         }
+        drop(table);
+        self.cv.notify_all();
     }
 
     /// Whether `peer` may use the provider: `None` for an unknown provider.
@@ -603,21 +635,18 @@ impl Scheduler {
     pub fn token(&self, name: &str, wait: Duration) -> Result<Served, TokenError> {
         let deadline = Instant::now() + wait;
         let mut table = self.lock();
-        table.observe_clock();
+        table.observe_clock(self.now());
         loop {
             let slot = table.slots.get(name).ok_or(TokenError::UnknownProvider)?;
-            let now = now_unix();
-            if let Some(served) = slot.serve(now) {
-                return Ok(served);
+            let now = self.now();
+            if let Some((t, state)) = slot.life.serve(now.wall) {
+                return Ok((Arc::clone(t), state));
             }
             let clock = Instant::now();
-            let coming = !slot.health.logged_out
-                && (slot.in_flight
-                    || slot.force
-                    || slot.next_attempt.is_some_and(|t| t <= deadline));
-            if !coming || clock >= deadline {
+            let until = deadline.saturating_duration_since(self.origin).as_millis() as u64;
+            if !slot.life.coming_before(until) || clock >= deadline {
                 return Err(TokenError::NoToken {
-                    retry_in: slot.retry_in(clock),
+                    retry_in: slot.life.retry_in(now),
                 });
             }
             table = self
@@ -630,77 +659,55 @@ impl Scheduler {
 
     /// REFRESH (`invalidate` false) or INVALIDATE (true): renew now and
     /// answer with the outcome. Joins an attempt already in flight.
-    pub fn renew(&self, name: &str, invalidate: bool) -> Result<Served, TokenError> {
+    pub fn renew(self: &Arc<Self>, name: &str, invalidate: bool) -> Result<Served, TokenError> {
         let mut table = self.lock();
-        let slot = table
-            .slots
-            .get_mut(name)
-            .ok_or(TokenError::UnknownProvider)?;
-        // The POS saw this token refused: stop serving it at once.
-        slot.refused |= invalidate;
-        // Rejected credentials are retried on their slow schedule only: a
-        // POS asking again and again must not turn into a login loop at the
-        // partner (a credential fixed in the config is tried at the reload).
-        let clock = Instant::now();
-        if !slot.in_flight
-            && slot.health.last_error_kind.as_deref() == Some(ErrorKind::Rejected.as_str())
-            && slot.next_attempt.is_some_and(|t| t > clock)
-        {
-            return Err(TokenError::RefreshFailed {
-                message: format!(
-                    "{} (not retried before the next scheduled attempt; fix the credentials and reload)",
-                    slot.health
-                        .last_error
-                        .as_deref()
-                        .unwrap_or("credentials rejected")
-                ),
-                retry_in: slot.retry_in(clock),
-            });
-        }
-        let target = if slot.in_flight {
-            slot.started
-        } else {
-            slot.force = true;
-            slot.invalidate |= invalidate;
-            slot.started + 1
-        };
-        let deadline = Instant::now() + slot.settings.timeout * 2 + Duration::from_secs(5);
-        self.cv.notify_all();
-        let table = self.wait_for(table, name, target, deadline)?;
         let slot = table.slots.get(name).ok_or(TokenError::UnknownProvider)?;
-        let now = now_unix();
-        match &slot.last_outcome {
-            Some(Ok(())) if slot.finished >= target => slot
-                .serve(now)
-                .ok_or(TokenError::NoToken { retry_in: None }),
-            Some(Err((message, retry_in))) if slot.finished >= target => {
-                Err(TokenError::RefreshFailed {
-                    message: message.clone(),
-                    retry_in: *retry_in,
-                })
+        let deadline = Instant::now() + slot.settings.timeout * 2 + Duration::from_secs(5);
+        let event = if invalidate {
+            Event::Invalidate
+        } else {
+            Event::Refresh
+        };
+        let ticket = match self.apply(&mut table, name, event).into_iter().next() {
+            Some(Action::Await(ticket)) => ticket,
+            Some(Action::Refuse { message, retry_in }) => {
+                return Err(TokenError::RefreshFailed { message, retry_in })
             }
-            _ => Err(TokenError::RefreshFailed {
+            _ => return Err(TokenError::UnknownProvider),
+        };
+        let table = self.wait_for(table, name, ticket, deadline)?;
+        let slot = table.slots.get(name).ok_or(TokenError::UnknownProvider)?;
+        let now = self.now();
+        match slot.life.outcome_of(ticket) {
+            Some(Ok(())) => slot
+                .life
+                .serve(now.wall)
+                .map(|(t, state)| (Arc::clone(t), state))
+                .ok_or(TokenError::NoToken { retry_in: None }),
+            Some(Err((message, retry_in))) => Err(TokenError::RefreshFailed { message, retry_in }),
+            None => Err(TokenError::RefreshFailed {
                 message: "the renewal is taking longer than expected; it goes on".into(),
-                retry_in: slot.retry_in(Instant::now()),
+                retry_in: slot.life.retry_in(now),
             }),
         }
     }
 
     /// LOGOUT: revoke where the kind can, forget the tokens, stay logged out
     /// until REFRESH.
-    pub fn logout(&self, name: &str) -> Result<(), TokenError> {
+    pub fn logout(self: &Arc<Self>, name: &str) -> Result<(), TokenError> {
         let mut table = self.lock();
-        let slot = table
-            .slots
-            .get_mut(name)
-            .ok_or(TokenError::UnknownProvider)?;
-        slot.logout = true;
-        let target = slot.started + 1;
-        let deadline = Instant::now() + slot.settings.timeout + Duration::from_secs(5);
-        self.cv.notify_all();
-        let table = self.wait_for(table, name, target, deadline)?;
         let slot = table.slots.get(name).ok_or(TokenError::UnknownProvider)?;
-        if slot.finished >= target {
+        let deadline = Instant::now() + slot.settings.timeout + Duration::from_secs(5);
+        let Some(Action::Await(ticket)) = self
+            .apply(&mut table, name, Event::Logout)
+            .into_iter()
+            .next()
+        else {
+            return Err(TokenError::UnknownProvider);
+        };
+        let table = self.wait_for(table, name, ticket, deadline)?;
+        let slot = table.slots.get(name).ok_or(TokenError::UnknownProvider)?;
+        if slot.life.outcome_of(ticket).is_some() {
             Ok(())
         } else {
             Err(TokenError::RefreshFailed {
@@ -710,17 +717,19 @@ impl Scheduler {
         }
     }
 
+    /// Waits until attempt `ticket` of the provider has finished, the
+    /// deadline passed or the agent stops.
     fn wait_for<'a>(
         &'a self,
         mut table: MutexGuard<'a, Table>,
         name: &str,
-        target: u64,
+        ticket: u64,
         deadline: Instant,
     ) -> Result<MutexGuard<'a, Table>, TokenError> {
         loop {
             let slot = table.slots.get(name).ok_or(TokenError::UnknownProvider)?;
             let now = Instant::now();
-            if slot.finished >= target || now >= deadline || table.shutdown {
+            if slot.life.outcome_of(ticket).is_some() || now >= deadline || table.shutdown {
                 return Ok(table);
             }
             table = self
@@ -734,13 +743,12 @@ impl Scheduler {
     /// STATUS: every provider, no token values.
     pub fn status(&self) -> String {
         let mut table = self.lock();
-        table.observe_clock();
-        let now = now_unix();
-        let clock = Instant::now();
+        let now = self.now();
+        table.observe_clock(now);
         let providers: Vec<ProviderStatus> = table
             .slots
             .iter()
-            .map(|(name, slot)| slot.status(name, now, clock))
+            .map(|(name, slot)| slot.status(name, now))
             .collect();
         protocol::status(
             &providers,
@@ -760,43 +768,66 @@ impl Scheduler {
         self.lock().summary(now_unix())
     }
 
-    /// Applies a reloaded config: unchanged providers keep their tokens,
-    /// changed ones start over, removed ones are dropped (with their stored
-    /// record and token file). Returns a line saying what changed.
+    /// Applies a reloaded config, all or nothing: unchanged providers keep
+    /// their tokens, changed ones start over, removed ones are dropped (with
+    /// their stored record and token file). Everything that can fail is
+    /// done before the table changes. Returns a line saying what changed.
     pub fn reload(&self, settings: &Settings) -> Result<String, String> {
         let mut table = self.lock();
-        let now = now_unix();
+        let now = self.now();
+        let behind = table.clock.untrusted.map(|u| u.behind);
         let mut fresh: BTreeMap<String, Slot> = BTreeMap::new();
+        // (name, settings, http) of kept providers whose settings changed.
+        let mut retimed = Vec::new();
         let (mut added, mut changed, mut kept) = (Vec::new(), Vec::new(), Vec::new());
         for p in &settings.providers {
-            match table.slots.remove(&p.name) {
-                Some(mut old) if old.settings.kind == p.kind => {
+            match table.slots.get(&p.name) {
+                Some(old) if old.settings.kind == p.kind => {
                     if *old.settings != *p {
-                        old.http = Http::shared(p.timeout, p.ca_pem.as_deref())?;
-                        old.settings = Arc::new(p.clone());
-                        // Timing settings may have changed: replan the renewal.
-                        if let Some(t) = old.token.clone() {
-                            old.plan_renewal(&t, now);
-                        }
+                        let http = Http::shared(p.timeout, p.ca_pem.as_deref())
+                            .map_err(|e| format!("providers.{}.ca_file: {e}", p.name))?;
+                        retimed.push((p.name.clone(), Arc::new(p.clone()), http));
                     }
                     kept.push(p.name.clone());
-                    fresh.insert(p.name.clone(), old);
                 }
                 Some(old) => {
-                    let mut slot = table.new_slot(p)?;
-                    slot.started = old.started;
-                    slot.finished = old.finished;
-                    slot.plan_initial(now);
+                    let life = Lifecycle::new(
+                        timing(p),
+                        None,
+                        Health::default(),
+                        behind,
+                        now,
+                        rand::unit(),
+                    )
+                    .continuing(&old.life);
+                    fresh.insert(p.name.clone(), table.new_slot(p, life)?);
                     changed.push(p.name.clone());
-                    fresh.insert(p.name.clone(), slot);
                 }
                 None => {
-                    let mut slot = table.new_slot(p)?;
-                    slot.plan_initial(now);
+                    let life = Lifecycle::new(
+                        timing(p),
+                        None,
+                        Health::default(),
+                        behind,
+                        now,
+                        rand::unit(),
+                    );
+                    fresh.insert(p.name.clone(), table.new_slot(p, life)?);
                     added.push(p.name.clone());
-                    fresh.insert(p.name.clone(), slot);
                 }
             }
+        }
+        // Nothing failed: change the table.
+        for name in &kept {
+            let slot = table.slots.remove(name).expect("kept");
+            fresh.insert(name.clone(), slot);
+        }
+        for (name, settings, http) in retimed {
+            let slot = fresh.get_mut(&name).expect("kept");
+            let t = timing(&settings);
+            slot.settings = settings;
+            slot.http = http;
+            slot.life.on(Event::Retimed(t), now, rand::unit());
         }
         let removed: Vec<Slot> = std::mem::take(&mut table.slots).into_values().collect();
         let removed_names: Vec<String> = removed.iter().map(|s| s.settings.name.clone()).collect();
@@ -856,6 +887,11 @@ impl Scheduler {
             }
         }
     }
+
+    /// Notices a wall-clock jump (see [`Table::observe_clock`]).
+    fn observe_clock(&self, table: &mut Table) {
+        table.observe_clock(self.now());
+    }
 }
 
 /// Renew with the refresh token where the kind can; on a refusal fall back
@@ -896,64 +932,52 @@ fn record(settings: &ProviderSettings, token: Option<&Token>, health: &Health) -
     }
 }
 
-/// The token with its wall-clock stamps moved by `by` seconds.
-fn shifted(t: &Token, by: i64) -> Token {
-    Token {
-        obtained_at: t.obtained_at.saturating_add(by),
-        expires_at: t.expires_at.saturating_add(by),
-        ..t.clone()
-    }
-}
-
-/// `fresh` before the renewal time, `renewing` from then until expiry.
-fn state_of(refresh_at: i64, now: i64) -> &'static str {
-    if now < refresh_at {
-        "fresh"
-    } else {
-        "renewing"
-    }
-}
-
 impl Table {
     /// Notices a wall-clock jump and shifts every token's stamps by it, so
     /// that what is served and shown agrees with the clock again. Renewal
     /// deadlines run on the monotonic clock and are not touched: a jump
     /// causes neither a refresh storm nor a token served past its expiry.
-    fn observe_clock(&mut self) {
+    fn observe_clock(&mut self, now: Now) {
         let Some(jump) = self.clock.watch.check(now_unix_ms(), Instant::now()) else {
             return;
         };
         self.clock.shifted += jump;
         log::warn!("clock: the wall clock jumped {jump:+}s; token times shifted to match");
-        for slot in self.slots.values_mut() {
-            if slot.restored.is_none() {
-                if let Some(t) = &slot.token {
-                    slot.token = Some(Arc::new(shifted(t, jump)));
-                }
-                slot.refresh_at = slot.refresh_at.map(|r| r + jump);
-            }
-        }
+        self.tell_all(Event::ClockJump(jump), now);
         if let Some(u) = self.clock.untrusted {
             let behind = u.behind - jump;
             if behind <= clock::SKEW_TOLERANCE
                 && (u.lower_bound || behind >= -clock::SKEW_TOLERANCE)
             {
                 // Set right (NTP): the stored stamps mean what they say.
-                self.trust(true, "the wall clock was set");
+                self.trust(true, "the wall clock was set", now);
             } else {
-                self.distrust(Untrusted { behind, ..u });
+                self.distrust(Untrusted { behind, ..u }, now);
             }
+        }
+    }
+
+    /// An event every lifecycle takes without asking for anything (the
+    /// clock's).
+    fn tell_all(&mut self, event: Event, now: Now) {
+        for slot in self.slots.values_mut() {
+            let actions = slot.life.on(event.clone(), now, 0.0);
+            debug_assert!(actions.is_empty());
         }
     }
 
     /// What a partner's clock says about ours (after an answer from `name`).
     fn learn_skew(&mut self, name: &str, skew: Option<i64>) {
+        let now = Now {
+            wall: now_unix(),
+            mono: 0, // not read by the clock's events
+        };
         match skew {
             Some(0) if self.clock.untrusted.is_some() => {
                 // Ours agrees with the partner: the stored times came from a
                 // clock that was ahead; keep judging the stored tokens by
                 // them (the cautious reading).
-                self.trust(false, &format!("it agrees with {name}'s"));
+                self.trust(false, &format!("it agrees with {name}'s"), now);
             }
             None | Some(0) => {}
             Some(skew) => {
@@ -965,33 +989,26 @@ impl Table {
                         if skew > 0 { "ahead of" } else { "behind" }
                     );
                 }
-                self.distrust(Untrusted {
-                    behind: skew,
-                    lower_bound: false,
-                });
+                self.distrust(
+                    Untrusted {
+                        behind: skew,
+                        lower_bound: false,
+                    },
+                    now,
+                );
             }
         }
     }
 
-    fn distrust(&mut self, u: Untrusted) {
+    fn distrust(&mut self, u: Untrusted, now: Now) {
         self.clock.untrusted = Some(u);
-        for slot in self.slots.values_mut() {
-            if let Some(original) = &slot.restored {
-                slot.token = Some(Arc::new(shifted(original, -u.behind.max(0))));
-            }
-        }
+        self.tell_all(Event::ClockDistrusted { behind: u.behind }, now);
     }
 
-    fn trust(&mut self, restore_stamps: bool, why: &str) {
+    fn trust(&mut self, restore_stamps: bool, why: &str, now: Now) {
         log::info!("clock: trusted again ({why})");
         self.clock.untrusted = None;
-        for slot in self.slots.values_mut() {
-            if let Some(original) = slot.restored.take() {
-                if restore_stamps {
-                    slot.token = Some(original);
-                }
-            }
-        }
+        self.tell_all(Event::ClockTrusted { restore_stamps }, now);
     }
 
     /// A line for STATUS and systemd when the clock is not trusted.
@@ -1008,7 +1025,9 @@ impl Table {
             })
     }
 
-    fn new_slot(&mut self, p: &ProviderSettings) -> Result<Slot, String> {
+    /// A slot for `p` around `life`: everything that can fail (the CA file)
+    /// happens here, before any table changes.
+    fn new_slot(&mut self, p: &ProviderSettings, life: Lifecycle) -> Result<Slot, String> {
         let http = Http::shared(p.timeout, p.ca_pem.as_deref())
             .map_err(|e| format!("providers.{}.ca_file: {e}", p.name))?;
         let generation = self.next_generation;
@@ -1018,19 +1037,7 @@ impl Table {
             settings: Arc::new(p.clone()),
             http,
             generation,
-            token: None,
-            restored: None,
-            health: Health::default(),
-            refresh_at: None,
-            next_attempt: None,
-            in_flight: false,
-            started: 0,
-            finished: 0,
-            force: false,
-            invalidate: false,
-            refused: false,
-            logout: false,
-            last_outcome: None,
+            life,
         })
     }
 
@@ -1039,17 +1046,17 @@ impl Table {
         let valid = self
             .slots
             .values()
-            .filter(|s| s.token.as_ref().is_some_and(|t| t.is_valid(now)))
+            .filter(|s| s.life.token().is_some_and(|t| t.is_valid(now)))
             .count();
         let mut line = format!("{valid}/{total} providers have a valid token");
         if let Some((name, slot)) = self
             .slots
             .iter()
-            .find(|(_, s)| s.health.last_error.is_some())
+            .find(|(_, s)| s.life.health().last_error.is_some())
         {
             line.push_str(&format!(
                 "; {name}: {}",
-                slot.health.last_error.as_deref().unwrap_or("")
+                slot.life.health().last_error.as_deref().unwrap_or("")
             ));
         }
         if let Some(e) = &self.config_error {
@@ -1066,185 +1073,26 @@ impl Table {
 }
 
 impl Slot {
-    /// Plans the first attempt after start or reload: renew on schedule if a
-    /// valid token is held, else log in within a second (jittered, so a
-    /// fleet of terminals powered on together spreads its logins).
-    fn plan_initial(&mut self, now: i64) {
-        if self.health.logged_out {
-            self.next_attempt = None;
-            return;
-        }
-        if self.restored.is_some() {
-            // The clock is not trusted: renew as soon as a partner answers.
-            self.plan_in(token::first_login_delay(rand::unit()));
-            return;
-        }
-        match self.token.clone().filter(|t| t.is_valid(now)) {
-            Some(t) => self.plan_renewal(&t, now),
-            None => self.plan_in(token::first_login_delay(rand::unit())),
-        }
-    }
-
-    fn plan_renewal(&mut self, t: &Token, now: i64) {
-        let at = token::refresh_at(t, self.settings.refresh_before, rand::unit());
-        self.refresh_at = Some(at);
-        let delay = if at > now {
-            Duration::from_secs((at - now) as u64)
+    fn status(&self, name: &str, now: Now) -> ProviderStatus {
+        let life = &self.life;
+        let health = life.health();
+        let next_attempt = if health.logged_out {
+            None
+        } else if life.busy() {
+            Some(now.wall)
         } else {
-            Duration::from_secs_f64(rand::unit())
-        };
-        self.plan_in(delay);
-    }
-
-    fn plan_in(&mut self, delay: Duration) {
-        self.next_attempt = Some(Instant::now() + delay);
-    }
-
-    fn start(&mut self, name: &str, clock_shifted: i64) -> Job {
-        let op = if self.logout {
-            Op::Logout
-        } else {
-            Op::Renew {
-                invalidate: self.invalidate,
-            }
-        };
-        self.in_flight = true;
-        self.started += 1;
-        self.force = false;
-        self.invalidate = false;
-        self.logout = false;
-        Job {
-            name: name.to_owned(),
-            generation: self.generation,
-            settings: Arc::clone(&self.settings),
-            provider: Arc::clone(&self.provider),
-            http: Arc::clone(&self.http),
-            // A restored token goes back to the store as it was stored.
-            token: self.restored.clone().or_else(|| self.token.clone()),
-            health: self.health.clone(),
-            op,
-            clock_shifted,
-        }
-    }
-
-    fn finish(
-        &mut self,
-        token: Option<Arc<Token>>,
-        health: Health,
-        outcome: Result<(), ProviderError>,
-        now: i64,
-    ) {
-        self.in_flight = false;
-        self.finished = self.started;
-        if self.refused && outcome.is_err() {
-            // A refused token is never served again, even if its renewal failed.
-            self.token = None;
-            self.restored = None;
-        } else if outcome.is_ok() {
-            self.token = token;
-            self.restored = None;
-        } // else: a failed renewal changes no token; the slot keeps what it
-          // holds now (shifted by a clock jump, restored, or taken in late).
-        self.refused = false;
-        self.health = health;
-        match outcome {
-            Ok(()) if self.health.logged_out => {
-                self.refresh_at = None;
-                self.next_attempt = None;
-                self.last_outcome = Some(Ok(()));
-            }
-            Ok(()) => {
-                if let Some(t) = self.token.clone() {
-                    self.plan_renewal(&t, now);
-                }
-                self.last_outcome = Some(Ok(()));
-            }
-            Err(e) => {
-                let delay = match e.kind {
-                    ErrorKind::Rejected => {
-                        token::rejected_backoff(self.health.failures, rand::unit())
-                    }
-                    ErrorKind::Transient | ErrorKind::BadResponse => token::transient_backoff(
-                        self.health.failures,
-                        self.settings.max_backoff,
-                        e.retry_after,
-                        rand::unit(),
-                    ),
-                };
-                self.plan_in(delay);
-                self.last_outcome = Some(Err((e.to_string(), Some(delay.as_secs().max(1)))));
-            }
-        }
-    }
-
-    /// The token as the store should keep it: a restored one as it was
-    /// stored, not as judged against an untrusted clock.
-    fn persisted_token(&self) -> Option<&Token> {
-        self.restored.as_deref().or(self.token.as_deref())
-    }
-
-    /// The token to hand out now, if any.
-    fn serve(&self, now: i64) -> Option<Served> {
-        if self.refused {
-            return None;
-        }
-        let t = self.token.as_ref().filter(|t| t.is_valid(now))?;
-        // A failed renewal puts the token in the window at once: the POS
-        // should know that the next one may not come in time.
-        let state = if self.health.failures > 0 || self.restored.is_some() {
-            "renewing"
-        } else {
-            state_of(self.refresh_at.unwrap_or(t.expires_at), now)
-        };
-        Some((Arc::clone(t), state))
-    }
-
-    fn retry_in(&self, clock: Instant) -> Option<u64> {
-        if self.health.logged_out {
-            return None;
-        }
-        if self.in_flight || self.force {
-            return Some(1);
-        }
-        self.next_attempt.map(|t| {
-            t.saturating_duration_since(clock)
-                .as_secs_f64()
-                .ceil()
-                .max(1.0) as u64
-        })
-    }
-
-    fn status(&self, name: &str, now: i64, clock: Instant) -> ProviderStatus {
-        let state = if self.health.logged_out {
-            "logged_out"
-        } else if let Some((_, state)) = self.serve(now) {
-            state
-        } else if self.health.last_error_kind.as_deref() == Some("rejected") {
-            "rejected"
-        } else if self.token.is_some() {
-            "expired"
-        } else {
-            "none"
-        };
-        let next_attempt = if self.in_flight {
-            Some(now)
-        } else {
-            self.next_attempt
-                .map(|t| now + t.saturating_duration_since(clock).as_secs_f64().ceil() as i64)
+            life.next_attempt()
+                .map(|t| now.wall + (t.saturating_sub(now.mono)).div_ceil(1000) as i64)
         };
         ProviderStatus {
             provider: name.to_owned(),
             kind: self.settings.kind.kind(),
-            state,
-            expires_at: self.token.as_ref().map(|t| t.expires_at),
-            last_refresh: self.health.last_refresh,
-            last_error: self.health.last_error.clone(),
-            failures: self.health.failures,
-            next_attempt: if self.health.logged_out {
-                None
-            } else {
-                next_attempt
-            },
+            state: life.state(now.wall),
+            expires_at: life.token().map(|t| t.expires_at),
+            last_refresh: health.last_refresh,
+            last_error: health.last_error.clone(),
+            failures: health.failures,
+            next_attempt,
         }
     }
 }

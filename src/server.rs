@@ -329,7 +329,7 @@ fn accept_loop(listener: UnixListener, scheduler: Arc<Scheduler>, stopping: Arc<
 
 /// Answers one connection's requests until it closes, idles or misbehaves.
 /// A client that stops reading its answers is dropped after WRITE_TIMEOUT.
-fn serve(mut stream: UnixStream, scheduler: &Scheduler, waiting: &Waiting) {
+fn serve(mut stream: UnixStream, scheduler: &Arc<Scheduler>, waiting: &Waiting) {
     if stream.set_read_timeout(Some(IDLE_TIMEOUT)).is_err()
         || stream.set_write_timeout(Some(WRITE_TIMEOUT)).is_err()
     {
@@ -385,7 +385,7 @@ fn serve(mut stream: UnixStream, scheduler: &Scheduler, waiting: &Waiting) {
 }
 
 /// The answer line (without newline) to one request line.
-pub fn respond(line: &[u8], peer: Option<&Peer>, scheduler: &Scheduler) -> String {
+pub fn respond(line: &[u8], peer: Option<&Peer>, scheduler: &Arc<Scheduler>) -> String {
     let mut out = Vec::new();
     respond_into(
         line,
@@ -403,7 +403,7 @@ pub fn respond(line: &[u8], peer: Option<&Peer>, scheduler: &Scheduler) -> Strin
 fn respond_into(
     line: &[u8],
     peer: Option<&Peer>,
-    scheduler: &Scheduler,
+    scheduler: &Arc<Scheduler>,
     answers: &mut TokenAnswers,
     out: &mut Vec<u8>,
 ) {

@@ -30,12 +30,19 @@ pub struct Health {
     pub last_refresh: Option<i64>,
     /// Classified message of the last failure, cleared by a success.
     pub last_error: Option<String>,
-    /// "transient", "rejected" or "bad_response".
-    pub last_error_kind: Option<String>,
+    /// Stored as "transient", "rejected" or "bad_response".
+    pub last_error_kind: Option<crate::providers::ErrorKind>,
     /// Consecutive failed attempts.
     pub failures: u32,
     /// Set by LOGOUT, cleared by REFRESH.
     pub logged_out: bool,
+}
+
+impl Health {
+    /// Whether the partner refused the credentials at the last attempt.
+    pub fn rejected(&self) -> bool {
+        self.last_error_kind == Some(crate::providers::ErrorKind::Rejected)
+    }
 }
 
 /// What is kept for one provider.

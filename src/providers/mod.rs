@@ -32,7 +32,8 @@ pub struct Grant {
 }
 
 /// How a failure should be treated by the scheduler.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
     /// Network trouble, timeouts, 408, 429, 5xx: retry with backoff.
     Transient,

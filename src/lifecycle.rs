@@ -1,0 +1,897 @@
+//! One provider's lifecycle as a pure state machine: what it holds, what it
+//! is doing, and what each event makes it do. [`Lifecycle::on`] takes the
+//! state, an [`Event`], the time ([`Now`]: wall clock and monotonic clock)
+//! and one random draw, changes the state and returns [`Action`]s for the
+//! executor ([`crate::scheduler`]) to carry out: start an attempt at the
+//! partner, persist, wake waiting clients. No I/O, no clock, no randomness of
+//! its own, so `tests/` can drive it through simulated weeks
+//! (`lifecycle_sim`), and the executor stays thin.
+//!
+//! ```text
+//!            Tick / REFRESH / INVALIDATE / LOGOUT (start)
+//!   Idle ─────────────────────────────────────────────▶ InFlight
+//!    ▲                                                     │ Finished
+//!    │ Persisted (install; plan next;                      ▼
+//!    │            wake clients)                        Persisting
+//!    └─────────────────────────────────────────────────────┘
+//! ```
+//! Orthogonal to the activity is what the provider holds ([`Lifecycle::state`]
+//! names it as STATUS does): `none`, `fresh`, `renewing`, `expired`,
+//! `rejected`, `logged_out`. A token reaches clients only after the
+//! `Persisted` event, so what was served is on disk.
+
+use crate::providers::ErrorKind;
+use crate::store::Health;
+use crate::token::{self, Token};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Milliseconds on the monotonic clock since the executor's origin.
+pub type Mono = u64;
+
+/// The time an event happens at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    /// Unix seconds by the wall clock (what tokens are stamped with).
+    pub wall: i64,
+    /// The monotonic clock, for deadlines.
+    pub mono: Mono,
+}
+
+fn ms(d: Duration) -> Mono {
+    d.as_millis().min(u128::from(u64::MAX)) as Mono
+}
+
+/// The provider settings the lifecycle needs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timing {
+    pub refresh_before: Duration,
+    pub max_backoff: Duration,
+}
+
+/// What an attempt does at the partner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// Renew with the refresh token where there is one, else log in.
+    /// `invalidate`: the POS saw the current token refused.
+    Renew { invalidate: bool },
+    /// Revoke where the kind can, and forget the tokens.
+    Logout,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// A new token (its stamps in the wall clock's current terms).
+    Token(Token),
+    /// The logout is done.
+    LoggedOut,
+    /// The partner did not give a token. An answer lost on the way is a
+    /// transient failure like any other network trouble.
+    Failed {
+        kind: ErrorKind,
+        message: String,
+        retry_after: Option<Duration>,
+    },
+}
+
+/// Something that happens to a provider.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// The monotonic clock reached the planned attempt.
+    Tick,
+    /// A client asked for a renewal now.
+    Refresh,
+    /// A client saw the current token refused: drop it and renew now.
+    Invalidate,
+    /// A client asked to log out.
+    Logout,
+    /// The attempt in flight ended.
+    Finished(Outcome),
+    /// What `Persist` asked for is on disk (or could not be written: the
+    /// executor reports that on its own).
+    Persisted,
+    /// The wall clock jumped by this many seconds (monotonic time did not).
+    ClockJump(i64),
+    /// The wall clock is judged `behind` seconds behind real time: a token
+    /// restored from the store is judged against that.
+    ClockDistrusted { behind: i64 },
+    /// The wall clock is trusted again; `restore_stamps`: the stored stamps
+    /// mean what they say (the clock was set), else keep judging the
+    /// restored token by the cautious reading.
+    ClockTrusted { restore_stamps: bool },
+    /// A reload changed the provider's timing settings (not its account).
+    Retimed(Timing),
+    /// The store opened late and holds this token for the provider.
+    StoreLoaded(Token),
+}
+
+/// What the executor must do after an event, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Start this attempt (one at a time: only from `Idle`).
+    Start(Op),
+    /// Write the record (this token, or none, and the health) and the token
+    /// file; then send `Persisted`.
+    Persist {
+        token: Option<Token>,
+        health: Health,
+    },
+    /// Clients waiting for attempt number `ticket` get their answer then.
+    Await(u64),
+    /// Answer the client at once: the request is not served now.
+    Refuse {
+        message: String,
+        retry_in: Option<u64>,
+    },
+    /// Wake clients waiting for an attempt, and tell systemd the new state.
+    Wake,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Activity {
+    /// No attempt under way; the next is planned at `next` (none while
+    /// logged out).
+    Idle { next: Option<Mono> },
+    /// An attempt talks to the partner. `logout_after`: a LOGOUT came
+    /// meanwhile and gets an attempt of its own next.
+    InFlight { op: Op, logout_after: bool },
+    /// The attempt ended and what it leaves is being written to disk.
+    Persisting(Box<Persisting>),
+}
+
+/// What an ended attempt leaves: `token` and `health` are written to disk,
+/// then installed as they were written.
+#[derive(Debug, Clone, PartialEq)]
+struct Persisting {
+    outcome: Outcome,
+    token: Option<Token>,
+    health: Health,
+    logout_after: bool,
+}
+
+/// One provider's state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lifecycle {
+    /// The token as served, its stamps in the wall clock's current terms
+    /// (shared: TOKEN hands it out without copying).
+    token: Option<Arc<Token>>,
+    /// While the wall clock is not trusted: the stored token as stored;
+    /// `token` holds it judged against the earliest real time can be.
+    restored: Option<Arc<Token>>,
+    health: Health,
+    /// Wall-clock second at which the current token is due for renewal.
+    refresh_at: Option<i64>,
+    activity: Activity,
+    /// A client saw the current token refused: it is not served again.
+    refused: bool,
+    /// Attempts started and finished (clients wait for a number).
+    started: u64,
+    finished: u64,
+    /// The last finished attempt: `Err((message, retry_in))` when it failed.
+    last_outcome: Option<Result<(), (String, Option<u64>)>>,
+    timing: Timing,
+}
+
+/// A token answer's state: `fresh` before the renewal time, `renewing` after.
+pub fn fresh_or_renewing(refresh_at: i64, now: i64) -> &'static str {
+    if now < refresh_at {
+        "fresh"
+    } else {
+        "renewing"
+    }
+}
+
+/// The token with its wall-clock stamps moved by `by` seconds.
+pub fn shifted(t: &Token, by: i64) -> Token {
+    Token {
+        obtained_at: t.obtained_at.saturating_add(by),
+        expires_at: t.expires_at.saturating_add(by),
+        ..t.clone()
+    }
+}
+
+impl Lifecycle {
+    /// A provider at start (or changed by a reload): `stored` is what the
+    /// store holds for it (same account; `None` when nothing usable), and
+    /// `behind` is set while the wall clock is not trusted. Plans the first
+    /// attempt: renewal on schedule with a valid token, else a login within
+    /// [`token::FIRST_LOGIN_WINDOW`] (at `draw` of it).
+    pub fn new(
+        timing: Timing,
+        stored: Option<Token>,
+        health: Health,
+        behind: Option<i64>,
+        now: Now,
+        draw: f64,
+    ) -> Lifecycle {
+        let mut l = Lifecycle {
+            token: None,
+            restored: None,
+            health,
+            refresh_at: None,
+            activity: Activity::Idle { next: None },
+            refused: false,
+            started: 0,
+            finished: 0,
+            last_outcome: None,
+            timing,
+        };
+        if let Some(t) = stored {
+            match behind {
+                Some(b) => {
+                    l.token = Some(Arc::new(shifted(&t, -b.max(0))));
+                    l.restored = Some(Arc::new(t));
+                }
+                None => l.token = Some(Arc::new(t)),
+            }
+        }
+        l.plan_initial(now, draw);
+        l
+    }
+
+    /// Takes over the attempt counters of the lifecycle it replaces, so
+    /// clients waiting on the old one are answered by the new one's attempt.
+    pub fn continuing(mut self, old: &Lifecycle) -> Lifecycle {
+        self.started = old.started;
+        self.finished = old.finished;
+        self
+    }
+
+    fn plan_initial(&mut self, now: Now, draw: f64) {
+        if self.health.logged_out {
+            self.activity = Activity::Idle { next: None };
+            return;
+        }
+        let valid = self.token.clone().filter(|t| t.is_valid(now.wall));
+        match valid {
+            // With the clock untrusted, renew as soon as a partner answers.
+            Some(t) if self.restored.is_none() => self.plan_renewal(&t, now, draw),
+            _ => self.plan_in(token::first_login_delay(draw), now),
+        }
+    }
+
+    fn plan_renewal(&mut self, t: &Token, now: Now, draw: f64) {
+        let at = token::refresh_at(t, self.timing.refresh_before, draw);
+        self.refresh_at = Some(at);
+        let delay = if at > now.wall {
+            Duration::from_secs((at - now.wall) as u64)
+        } else {
+            Duration::from_secs_f64(draw.clamp(0.0, 1.0))
+        };
+        self.plan_in(delay, now);
+    }
+
+    fn plan_in(&mut self, delay: Duration, now: Now) {
+        self.activity = Activity::Idle {
+            next: Some(now.mono.saturating_add(ms(delay))),
+        };
+    }
+
+    fn start(&mut self, op: Op) -> Action {
+        self.started += 1;
+        self.activity = Activity::InFlight {
+            op,
+            logout_after: false,
+        };
+        Action::Start(op)
+    }
+
+    /// The transition function.
+    pub fn on(&mut self, event: Event, now: Now, draw: f64) -> Vec<Action> {
+        match event {
+            Event::Tick => match self.activity {
+                Activity::Idle { next: Some(at) } if at <= now.mono => {
+                    vec![self.start(Op::Renew { invalidate: false })]
+                }
+                _ => vec![],
+            },
+            Event::Refresh | Event::Invalidate => {
+                let invalidate = event == Event::Invalidate;
+                // The POS saw this token refused: stop serving it at once.
+                self.refused |= invalidate;
+                match &self.activity {
+                    // Join the attempt under way.
+                    Activity::InFlight { .. } | Activity::Persisting(_) => {
+                        vec![Action::Await(self.started)]
+                    }
+                    Activity::Idle { next } => {
+                        // Rejected credentials are retried on their slow
+                        // schedule only: a POS asking again and again must not
+                        // turn into a login loop at the partner (a credential
+                        // fixed in the config is tried at the reload).
+                        if self.health.rejected() && next.is_some_and(|t| t > now.mono) {
+                            let message = format!(
+                                "{} (not retried before the next scheduled attempt; fix the \
+                                 credentials and reload)",
+                                self.health
+                                    .last_error
+                                    .as_deref()
+                                    .unwrap_or("credentials rejected")
+                            );
+                            return vec![Action::Refuse {
+                                message,
+                                retry_in: self.retry_in(now),
+                            }];
+                        }
+                        let start = self.start(Op::Renew { invalidate });
+                        vec![start, Action::Await(self.started)]
+                    }
+                }
+            }
+            Event::Logout => match &mut self.activity {
+                Activity::InFlight { logout_after, .. } => {
+                    *logout_after = true;
+                    vec![Action::Await(self.started + 1)]
+                }
+                Activity::Persisting(p) => {
+                    p.logout_after = true;
+                    vec![Action::Await(self.started + 1)]
+                }
+                Activity::Idle { .. } => {
+                    let start = self.start(Op::Logout);
+                    vec![start, Action::Await(self.started)]
+                }
+            },
+            Event::Finished(outcome) => {
+                let Activity::InFlight { op, logout_after } = self.activity.clone() else {
+                    // Not ours (the executor checks generations); ignore.
+                    return vec![];
+                };
+                let (token, health) = self.result_of(op, &outcome, now);
+                self.activity = Activity::Persisting(Box::new(Persisting {
+                    outcome,
+                    token: token.clone(),
+                    health: health.clone(),
+                    logout_after,
+                }));
+                vec![Action::Persist { token, health }]
+            }
+            Event::Persisted => {
+                let Activity::Persisting(p) = &self.activity else {
+                    return vec![];
+                };
+                let p = (**p).clone();
+                self.install(p.outcome, p.token, p.health, now, draw);
+                let mut actions = vec![Action::Wake];
+                if p.logout_after {
+                    actions.push(self.start(Op::Logout));
+                }
+                actions
+            }
+            Event::ClockJump(by) => {
+                if self.restored.is_none() {
+                    if let Some(t) = &self.token {
+                        self.token = Some(Arc::new(shifted(t, by)));
+                    }
+                    self.refresh_at = self.refresh_at.map(|r| r.saturating_add(by));
+                }
+                if let Activity::Persisting(p) = &mut self.activity {
+                    if let Outcome::Token(t) = &mut p.outcome {
+                        *t = shifted(t, by);
+                    }
+                    if let Some(t) = &mut p.token {
+                        *t = shifted(t, by);
+                    }
+                }
+                vec![]
+            }
+            Event::ClockDistrusted { behind } => {
+                if let Some(original) = &self.restored {
+                    self.token = Some(Arc::new(shifted(original, -behind.max(0))));
+                }
+                vec![]
+            }
+            Event::ClockTrusted { restore_stamps } => {
+                if let Some(original) = self.restored.take() {
+                    if restore_stamps {
+                        self.token = Some(original);
+                    }
+                }
+                vec![]
+            }
+            Event::Retimed(timing) => {
+                self.timing = timing;
+                if let (Some(t), Activity::Idle { next: Some(_) }) =
+                    (self.token.clone(), &self.activity)
+                {
+                    self.plan_renewal(&t, now, draw);
+                }
+                vec![]
+            }
+            Event::StoreLoaded(t) => {
+                if self.token.is_some() || self.health.logged_out || !t.is_valid(now.wall) {
+                    return vec![];
+                }
+                if matches!(self.activity, Activity::Idle { .. }) {
+                    self.plan_renewal(&t, now, draw);
+                }
+                self.token = Some(Arc::new(t));
+                vec![]
+            }
+        }
+    }
+
+    /// The record an attempt's outcome leaves on disk.
+    fn result_of(&self, op: Op, outcome: &Outcome, now: Now) -> (Option<Token>, Health) {
+        match outcome {
+            Outcome::LoggedOut => (
+                None,
+                Health {
+                    logged_out: true,
+                    last_refresh: self.health.last_refresh,
+                    ..Health::default()
+                },
+            ),
+            Outcome::Token(t) => (
+                Some(t.clone()),
+                Health {
+                    last_refresh: Some(now.wall),
+                    ..Health::default()
+                },
+            ),
+            Outcome::Failed { kind, message, .. } => {
+                let health = Health {
+                    failures: self.health.failures.saturating_add(1),
+                    last_error: Some(format!("{}: {message}", kind.as_str())),
+                    last_error_kind: Some(*kind),
+                    // A failed REFRESH after LOGOUT leaves the provider
+                    // logged in and retrying, never stuck with no attempt.
+                    logged_out: false,
+                    last_refresh: self.health.last_refresh,
+                };
+                let refused = self.refused || op == (Op::Renew { invalidate: true });
+                // A failed renewal changes no token, but a refused one is
+                // never kept.
+                let token = if refused {
+                    None
+                } else {
+                    self.persisted_token().cloned()
+                };
+                (token, health)
+            }
+        }
+    }
+
+    /// Installs what an attempt left (as persisted) and plans the next.
+    fn install(
+        &mut self,
+        outcome: Outcome,
+        token: Option<Token>,
+        health: Health,
+        now: Now,
+        draw: f64,
+    ) {
+        self.finished = self.started;
+        self.refused = false;
+        self.health = health;
+        match outcome {
+            Outcome::LoggedOut => {
+                self.token = None;
+                self.restored = None;
+                self.refresh_at = None;
+                self.activity = Activity::Idle { next: None };
+                self.last_outcome = Some(Ok(()));
+            }
+            Outcome::Token(_) => {
+                let t = token.expect("a new token is persisted");
+                self.plan_renewal(&t, now, draw);
+                self.token = Some(Arc::new(t));
+                self.restored = None;
+                self.last_outcome = Some(Ok(()));
+            }
+            Outcome::Failed {
+                kind,
+                message,
+                retry_after,
+            } => {
+                if token.is_none() {
+                    // A refused token is never served again, even if its
+                    // renewal failed.
+                    self.token = None;
+                    self.restored = None;
+                } // else: the slot keeps what it holds now (shifted by a
+                  // clock jump, restored, or taken in late).
+                let delay = match kind {
+                    ErrorKind::Rejected => token::rejected_backoff(self.health.failures, draw),
+                    ErrorKind::Transient | ErrorKind::BadResponse => token::transient_backoff(
+                        self.health.failures,
+                        self.timing.max_backoff,
+                        retry_after,
+                        draw,
+                    ),
+                };
+                self.plan_in(delay, now);
+                self.last_outcome = Some(Err((
+                    format!("{}: {message}", kind.as_str()),
+                    Some(delay.as_secs().max(1)),
+                )));
+            }
+        }
+    }
+
+    // ---- queries ------------------------------------------------------
+
+    /// The token as the store should keep it: a restored one as it was
+    /// stored, not as judged against an untrusted clock.
+    pub fn persisted_token(&self) -> Option<&Token> {
+        self.restored.as_deref().or(self.token.as_deref())
+    }
+
+    /// The token to hand out now, if any, and its state.
+    pub fn serve(&self, now: i64) -> Option<(&Arc<Token>, &'static str)> {
+        if self.refused {
+            return None;
+        }
+        let t = self.token.as_ref().filter(|t| t.is_valid(now))?;
+        // A failed renewal puts the token in the window at once: the POS
+        // should know that the next one may not come in time.
+        let state = if self.health.failures > 0 || self.restored.is_some() {
+            "renewing"
+        } else {
+            fresh_or_renewing(self.refresh_at.unwrap_or(t.expires_at), now)
+        };
+        Some((t, state))
+    }
+
+    /// What STATUS calls the provider's state.
+    pub fn state(&self, now: i64) -> &'static str {
+        if self.health.logged_out {
+            "logged_out"
+        } else if let Some((_, state)) = self.serve(now) {
+            state
+        } else if self.health.rejected() {
+            "rejected"
+        } else if self.token.is_some() {
+            "expired"
+        } else {
+            "none"
+        }
+    }
+
+    /// Seconds until the next attempt, when one is planned.
+    pub fn retry_in(&self, now: Now) -> Option<u64> {
+        if self.health.logged_out {
+            return None;
+        }
+        match self.activity {
+            Activity::InFlight { .. } | Activity::Persisting(_) => Some(1),
+            Activity::Idle { next } => {
+                next.map(|t| (t.saturating_sub(now.mono)).div_ceil(1000).max(1))
+            }
+        }
+    }
+
+    /// When the next attempt is planned (monotonic), if idle.
+    pub fn next_attempt(&self) -> Option<Mono> {
+        match self.activity {
+            Activity::Idle { next } => next,
+            _ => None,
+        }
+    }
+
+    /// Whether an attempt is under way (talking to the partner or being
+    /// persisted).
+    pub fn busy(&self) -> bool {
+        !matches!(self.activity, Activity::Idle { .. })
+    }
+
+    /// Whether a first login may still come before `deadline` (TOKEN waits
+    /// for it).
+    pub fn coming_before(&self, deadline: Mono) -> bool {
+        !self.health.logged_out
+            && (self.busy() || self.next_attempt().is_some_and(|t| t <= deadline))
+    }
+
+    /// The outcome for clients waiting on attempt `ticket`: `None` while it
+    /// has not finished.
+    pub fn outcome_of(&self, ticket: u64) -> Option<Result<(), (String, Option<u64>)>> {
+        (self.finished >= ticket)
+            .then(|| self.last_outcome.clone())
+            .flatten()
+    }
+
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    pub fn token(&self) -> Option<&Token> {
+        self.token.as_deref()
+    }
+
+    pub fn restored(&self) -> bool {
+        self.restored.is_some()
+    }
+
+    pub fn timing(&self) -> Timing {
+        self.timing
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Secret;
+
+    const TIMING: Timing = Timing {
+        refresh_before: Duration::from_secs(300),
+        max_backoff: Duration::from_secs(300),
+    };
+
+    fn at(wall: i64, mono_s: u64) -> Now {
+        Now {
+            wall,
+            mono: mono_s * 1000,
+        }
+    }
+
+    fn tok(name: &str, obtained: i64, lifetime: i64) -> Token {
+        Token {
+            access: Secret::new(name),
+            refresh: None,
+            token_type: "Bearer".into(),
+            scope: None,
+            obtained_at: obtained,
+            expires_at: obtained + lifetime,
+        }
+    }
+
+    fn failed(kind: ErrorKind) -> Outcome {
+        Outcome::Failed {
+            kind,
+            message: "no".into(),
+            retry_after: None,
+        }
+    }
+
+    /// Runs an attempt to its end: Finished, then Persisted.
+    fn finish(l: &mut Lifecycle, outcome: Outcome, now: Now) -> Vec<Action> {
+        let persist = l.on(Event::Finished(outcome), now, 0.0);
+        assert!(matches!(persist.as_slice(), [Action::Persist { .. }]));
+        l.on(Event::Persisted, now, 0.0)
+    }
+
+    #[test]
+    fn first_login_within_the_window_then_renewal_before_expiry() {
+        let mut l = Lifecycle::new(TIMING, None, Health::default(), None, at(1000, 0), 0.5);
+        assert_eq!(l.state(1000), "none");
+        assert_eq!(l.next_attempt(), Some(1000));
+        assert_eq!(l.on(Event::Tick, at(1000, 0), 0.0), vec![]);
+        assert_eq!(
+            l.on(Event::Tick, at(1001, 1), 0.0),
+            vec![Action::Start(Op::Renew { invalidate: false })]
+        );
+        // Not served before it is persisted.
+        let persist = l.on(
+            Event::Finished(Outcome::Token(tok("a", 1001, 3600))),
+            at(1001, 1),
+            0.0,
+        );
+        assert_eq!(l.serve(1001), None);
+        assert!(matches!(
+            &persist[..],
+            [Action::Persist { token: Some(_), .. }]
+        ));
+        assert_eq!(l.on(Event::Persisted, at(1001, 1), 0.0), vec![Action::Wake]);
+        assert_eq!(
+            l.serve(1001).map(|(t, s)| (t.access.expose(), s)),
+            Some(("a", "fresh"))
+        );
+        // min(3600 - 300, 80 % of 3600) = 2880 s after obtaining (jitter draw 0).
+        assert_eq!(l.next_attempt(), Some(1000 + 2880 * 1000));
+        assert_eq!(l.state(1001 + 2879), "fresh");
+        assert_eq!(l.state(1001 + 2880), "renewing");
+        assert_eq!(l.state(1001 + 3600), "expired");
+    }
+
+    #[test]
+    fn clients_join_the_attempt_under_way() {
+        let mut l = Lifecycle::new(TIMING, None, Health::default(), None, at(0, 0), 0.0);
+        assert_eq!(
+            l.on(Event::Refresh, at(0, 0), 0.0),
+            vec![
+                Action::Start(Op::Renew { invalidate: false }),
+                Action::Await(1)
+            ]
+        );
+        assert_eq!(l.on(Event::Refresh, at(0, 0), 0.0), vec![Action::Await(1)]);
+        assert_eq!(
+            l.on(Event::Invalidate, at(0, 0), 0.0),
+            vec![Action::Await(1)]
+        );
+        assert_eq!(l.on(Event::Tick, at(9, 9), 0.0), vec![]);
+        assert_eq!(l.outcome_of(1), None);
+        finish(&mut l, Outcome::Token(tok("a", 0, 100)), at(0, 0));
+        assert_eq!(l.outcome_of(1), Some(Ok(())));
+        assert!(
+            l.serve(0).is_some(),
+            "a new token is served despite the INVALIDATE"
+        );
+    }
+
+    #[test]
+    fn an_invalidated_token_is_never_served_again() {
+        let mut l = Lifecycle::new(
+            TIMING,
+            Some(tok("old", 0, 1000)),
+            Health::default(),
+            None,
+            at(0, 0),
+            0.0,
+        );
+        assert!(l.serve(0).is_some());
+        assert_eq!(
+            l.on(Event::Invalidate, at(0, 0), 0.0),
+            vec![
+                Action::Start(Op::Renew { invalidate: true }),
+                Action::Await(1)
+            ]
+        );
+        assert_eq!(l.serve(0), None);
+        let persisted = l.on(Event::Finished(failed(ErrorKind::Transient)), at(0, 0), 0.0);
+        assert!(matches!(
+            &persisted[..],
+            [Action::Persist { token: None, .. }]
+        ));
+        l.on(Event::Persisted, at(0, 0), 0.0);
+        assert_eq!(l.serve(0), None);
+        assert_eq!(l.state(0), "none");
+    }
+
+    #[test]
+    fn a_failed_renewal_keeps_the_token_and_backs_off() {
+        let mut l = Lifecycle::new(
+            TIMING,
+            Some(tok("t", 0, 1000)),
+            Health::default(),
+            None,
+            at(0, 0),
+            0.0,
+        );
+        l.on(Event::Refresh, at(10, 10), 0.0);
+        finish(&mut l, failed(ErrorKind::Transient), at(10, 10));
+        assert_eq!(
+            l.serve(10).map(|(t, s)| (t.access.expose(), s)),
+            Some(("t", "renewing"))
+        );
+        assert_eq!(
+            l.next_attempt(),
+            Some(11_000),
+            "1 s after the first failure (draw 0)"
+        );
+        assert_eq!(
+            l.outcome_of(1),
+            Some(Err(("transient: no".into(), Some(1))))
+        );
+    }
+
+    #[test]
+    fn rejected_credentials_refuse_forced_renewals_until_the_slow_retry() {
+        let mut l = Lifecycle::new(TIMING, None, Health::default(), None, at(0, 0), 0.0);
+        l.on(Event::Tick, at(0, 0), 0.0);
+        finish(&mut l, failed(ErrorKind::Rejected), at(0, 0));
+        assert_eq!(l.state(0), "rejected");
+        assert_eq!(l.next_attempt(), Some(60_000));
+        for verb in [Event::Refresh, Event::Invalidate] {
+            let a = l.on(verb, at(30, 30), 0.0);
+            assert!(
+                matches!(
+                    &a[..],
+                    [Action::Refuse {
+                        retry_in: Some(30),
+                        ..
+                    }]
+                ),
+                "{a:?}"
+            );
+        }
+        assert_eq!(
+            l.on(Event::Tick, at(60, 60), 0.0),
+            vec![Action::Start(Op::Renew { invalidate: false })]
+        );
+        finish(&mut l, failed(ErrorKind::Rejected), at(60, 60));
+        assert_eq!(l.next_attempt(), Some(180_000), "then 120 s");
+    }
+
+    #[test]
+    fn logout_waits_for_the_attempt_under_way_and_stays_logged_out() {
+        let mut l = Lifecycle::new(TIMING, None, Health::default(), None, at(0, 0), 0.0);
+        l.on(Event::Refresh, at(0, 0), 0.0);
+        assert_eq!(l.on(Event::Logout, at(0, 0), 0.0), vec![Action::Await(2)]);
+        let after = finish(&mut l, Outcome::Token(tok("a", 0, 100)), at(0, 0));
+        assert_eq!(after, vec![Action::Wake, Action::Start(Op::Logout)]);
+        let persist = l.on(Event::Finished(Outcome::LoggedOut), at(1, 1), 0.0);
+        assert!(
+            matches!(&persist[..], [Action::Persist { token: None, health }] if health.logged_out)
+        );
+        l.on(Event::Persisted, at(1, 1), 0.0);
+        assert_eq!(l.outcome_of(2), Some(Ok(())));
+        assert_eq!(l.state(1), "logged_out");
+        assert_eq!(l.next_attempt(), None);
+        assert_eq!(l.on(Event::Tick, at(99_999, 99_999), 0.0), vec![]);
+        // REFRESH is the way back.
+        assert_eq!(
+            l.on(Event::Refresh, at(2, 2), 0.0),
+            vec![
+                Action::Start(Op::Renew { invalidate: false }),
+                Action::Await(3)
+            ]
+        );
+    }
+
+    #[test]
+    fn clock_jumps_shift_the_token_and_an_untrusted_clock_judges_restored_ones() {
+        let mut l = Lifecycle::new(
+            TIMING,
+            Some(tok("t", 1000, 600)),
+            Health::default(),
+            None,
+            at(1000, 0),
+            0.0,
+        );
+        l.on(Event::ClockJump(-500), at(500, 1), 0.0);
+        assert_eq!(l.token().map(|t| t.expires_at), Some(1100));
+        // A stored token while the clock is 300 s behind the store.
+        let mut l = Lifecycle::new(
+            TIMING,
+            Some(tok("t", 1000, 600)),
+            Health::default(),
+            Some(300),
+            at(700, 0),
+            0.5,
+        );
+        assert_eq!(l.token().map(|t| t.expires_at), Some(1300));
+        assert_eq!(l.serve(700).map(|(_, s)| s), Some("renewing"));
+        assert_eq!(l.persisted_token().map(|t| t.expires_at), Some(1600));
+        assert_eq!(
+            l.next_attempt(),
+            Some(1000),
+            "renewed as soon as a partner answers"
+        );
+        l.on(Event::ClockJump(300), at(1000, 1), 0.0);
+        assert_eq!(
+            l.token().map(|t| t.expires_at),
+            Some(1300),
+            "a restored token is not shifted"
+        );
+        l.on(
+            Event::ClockTrusted {
+                restore_stamps: true,
+            },
+            at(1000, 1),
+            0.0,
+        );
+        assert_eq!(l.token().map(|t| t.expires_at), Some(1600));
+        assert!(!l.restored());
+    }
+
+    #[test]
+    fn a_late_store_gives_a_token_to_a_provider_without_one() {
+        let mut l = Lifecycle::new(TIMING, None, Health::default(), None, at(0, 0), 0.0);
+        l.on(Event::StoreLoaded(tok("s", 0, 1000)), at(5, 5), 0.0);
+        assert_eq!(l.serve(5).map(|(t, _)| t.access.expose()), Some("s"));
+        assert_eq!(l.next_attempt(), Some(700_000));
+        // Not over a token it has.
+        l.on(Event::StoreLoaded(tok("other", 0, 2000)), at(5, 5), 0.0);
+        assert_eq!(l.serve(5).map(|(t, _)| t.access.expose()), Some("s"));
+    }
+
+    #[test]
+    fn retiming_replans_the_renewal() {
+        let mut l = Lifecycle::new(
+            TIMING,
+            Some(tok("t", 0, 1000)),
+            Health::default(),
+            None,
+            at(0, 0),
+            0.0,
+        );
+        assert_eq!(l.next_attempt(), Some(700_000));
+        let t = Timing {
+            refresh_before: Duration::from_secs(500),
+            ..TIMING
+        };
+        l.on(Event::Retimed(t), at(0, 0), 0.0);
+        assert_eq!(l.next_attempt(), Some(500_000));
+    }
+}
