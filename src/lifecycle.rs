@@ -117,6 +117,12 @@ pub enum Action {
         token: Option<Token>,
         health: Health,
     },
+    /// Write this record (and the token file) again, with no event after:
+    /// a clock jump moved the stamps of what is on disk.
+    Save {
+        token: Option<Token>,
+        health: Health,
+    },
     /// Clients waiting for attempt number `ticket` get their answer then.
     Await(u64),
     /// Answer the client at once: the request is not served now.
@@ -295,6 +301,14 @@ impl Lifecycle {
                     Activity::InFlight { .. } | Activity::Persisting(_) => {
                         vec![Action::Await(self.started)]
                     }
+                    Activity::Idle { .. } if invalidate && self.health.logged_out => {
+                        // Only REFRESH (or a reload that changes the
+                        // provider) logs a logged-out provider back in.
+                        vec![Action::Refuse {
+                            message: "logged out; REFRESH logs it back in".into(),
+                            retry_in: None,
+                        }]
+                    }
                     Activity::Idle { next } => {
                         // Rejected credentials are retried on their slow
                         // schedule only: a POS asking again and again must not
@@ -360,21 +374,42 @@ impl Lifecycle {
                 actions
             }
             Event::ClockJump(by) => {
+                let mut moved = false;
+                let shift = |at: &mut Option<i64>| *at = at.map(|t| t.saturating_add(by));
                 if self.restored.is_none() {
                     if let Some(t) = &self.token {
                         self.token = Some(Arc::new(shifted(t, by)));
+                        moved = true;
                     }
-                    self.refresh_at = self.refresh_at.map(|r| r.saturating_add(by));
+                    shift(&mut self.refresh_at);
+                    // Also a wall-clock stamp: left as it was, it would tell
+                    // the next start that the clock went back.
+                    shift(&mut self.health.last_refresh);
                 }
-                if let Activity::Persisting(p) = &mut self.activity {
-                    if let Outcome::Token(t) = &mut p.outcome {
-                        *t = shifted(t, by);
+                // What is on disk is stamped in the clock's old terms: after
+                // a restart it would look expired (a jump forward) or live
+                // past its expiry (back). Write it again, shifted. An
+                // attempt in flight persists shifted stamps by itself.
+                match &mut self.activity {
+                    Activity::Persisting(p) => {
+                        if let Outcome::Token(t) = &mut p.outcome {
+                            *t = shifted(t, by);
+                        }
+                        if let Some(t) = &mut p.token {
+                            *t = shifted(t, by);
+                        }
+                        shift(&mut p.health.last_refresh);
+                        vec![Action::Save {
+                            token: p.token.clone(),
+                            health: p.health.clone(),
+                        }]
                     }
-                    if let Some(t) = &mut p.token {
-                        *t = shifted(t, by);
-                    }
+                    Activity::Idle { .. } if moved => vec![Action::Save {
+                        token: self.persisted_token().cloned(),
+                        health: self.health.clone(),
+                    }],
+                    _ => vec![],
                 }
-                vec![]
             }
             Event::ClockDistrusted { behind } => {
                 if let Some(original) = &self.restored {
@@ -392,8 +427,10 @@ impl Lifecycle {
             }
             Event::Retimed(timing) => {
                 self.timing = timing;
-                if let (Some(t), Activity::Idle { next: Some(_) }) =
-                    (self.token.clone(), &self.activity)
+                // Replan a renewal; a retry after a failure keeps its backoff
+                // (rejected credentials are not hurried by a reload).
+                if let (Some(t), Activity::Idle { next: Some(_) }, 0) =
+                    (self.token.clone(), &self.activity, self.health.failures)
                 {
                     self.plan_renewal(&t, now, draw);
                 }
@@ -809,7 +846,11 @@ mod tests {
         assert_eq!(l.state(1), "logged_out");
         assert_eq!(l.next_attempt(), None);
         assert_eq!(l.on(Event::Tick, at(99_999, 99_999), 0.0), vec![]);
-        // REFRESH is the way back.
+        // INVALIDATE is not a way back; REFRESH is.
+        assert!(matches!(
+            &l.on(Event::Invalidate, at(2, 2), 0.0)[..],
+            [Action::Refuse { retry_in: None, .. }]
+        ));
         assert_eq!(
             l.on(Event::Refresh, at(2, 2), 0.0),
             vec![

@@ -68,6 +68,9 @@ struct Table {
     socket_group: Option<u32>,
     next_generation: u64,
     clock: ClockState,
+    /// Records the lifecycles asked to write again (after a clock jump),
+    /// for the refresh thread: (provider, token, health).
+    saves: Vec<(String, Option<Token>, Health)>,
 }
 
 /// The wall clock as the scheduler sees it (see [`crate::clock`]).
@@ -192,6 +195,7 @@ impl Scheduler {
                 shifted: 0,
                 untrusted,
             },
+            saves: Vec::new(),
         };
         for p in &settings.providers {
             let (token, health) = match stored.remove(&p.name) {
@@ -352,6 +356,13 @@ impl Scheduler {
                 return;
             }
             self.observe_clock(&mut table);
+            if !table.saves.is_empty() {
+                let saves = std::mem::take(&mut table.saves);
+                drop(table);
+                self.save(saves);
+                table = self.lock();
+                continue;
+            }
             let now = self.now();
             let due: Vec<String> = table
                 .slots
@@ -499,6 +510,27 @@ impl Scheduler {
         }
     }
 
+    /// Writes records the lifecycles asked for outside an attempt (after a
+    /// clock jump), and the token files with them.
+    fn save(&self, saves: Vec<(String, Option<Token>, Health)>) {
+        let _writing = self.writes.lock().unwrap_or_else(|p| p.into_inner());
+        for (name, token, health) in saves {
+            let Some(settings) = self
+                .lock()
+                .slots
+                .get(&name)
+                .map(|s| Arc::clone(&s.settings))
+            else {
+                continue;
+            };
+            if let Some(store) = &self.store {
+                let record = record(&settings, token.as_ref(), &health);
+                self.note_store_result(store.save(&name, &record));
+            }
+            self.write_token_file(&settings, token.as_ref());
+        }
+    }
+
     /// Writes (or removes, without a valid token) the provider's token file,
     /// if it has one. Called with `writes` held.
     fn write_token_file(&self, settings: &ProviderSettings, token: Option<&Token>) {
@@ -635,7 +667,7 @@ impl Scheduler {
     pub fn token(&self, name: &str, wait: Duration) -> Result<Served, TokenError> {
         let deadline = Instant::now() + wait;
         let mut table = self.lock();
-        table.observe_clock(self.now());
+        self.observe_clock(&mut table);
         loop {
             let slot = table.slots.get(name).ok_or(TokenError::UnknownProvider)?;
             let now = self.now();
@@ -743,8 +775,8 @@ impl Scheduler {
     /// STATUS: every provider, no token values.
     pub fn status(&self) -> String {
         let mut table = self.lock();
+        self.observe_clock(&mut table);
         let now = self.now();
-        table.observe_clock(now);
         let providers: Vec<ProviderStatus> = table
             .slots
             .iter()
@@ -888,9 +920,13 @@ impl Scheduler {
         }
     }
 
-    /// Notices a wall-clock jump (see [`Table::observe_clock`]).
+    /// Notices a wall-clock jump (see [`Table::observe_clock`]); the
+    /// refresh thread writes the records it moved.
     fn observe_clock(&self, table: &mut Table) {
         table.observe_clock(self.now());
+        if !table.saves.is_empty() {
+            self.cv.notify_all();
+        }
     }
 }
 
@@ -957,12 +993,15 @@ impl Table {
         }
     }
 
-    /// An event every lifecycle takes without asking for anything (the
-    /// clock's).
+    /// A clock event for every lifecycle; the records they ask to write
+    /// again are queued for the refresh thread.
     fn tell_all(&mut self, event: Event, now: Now) {
-        for slot in self.slots.values_mut() {
-            let actions = slot.life.on(event.clone(), now, 0.0);
-            debug_assert!(actions.is_empty());
+        for (name, slot) in self.slots.iter_mut() {
+            for action in slot.life.on(event.clone(), now, 0.0) {
+                if let Action::Save { token, health } = action {
+                    self.saves.push((name.clone(), token, health));
+                }
+            }
         }
     }
 

@@ -12,4 +12,5 @@ mod crash_e2e;
 mod disk_e2e;
 mod faults_e2e;
 mod fleet_sim;
+mod lifecycle_sim;
 mod powercut_e2e;
