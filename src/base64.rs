@@ -1,65 +1,38 @@
-//! Base64 (RFC 4648) for HTTP Basic credentials and JWT segments: the
-//! standard alphabet with padding, and the URL-safe one without.
+//! Base64 (RFC 4648) for HTTP Basic credentials and JWT segments, from the
+//! `base64` crate (the one ureq uses): the standard alphabet with padding,
+//! the URL-safe one without, and a lenient decoder for what partners send.
 
-const STANDARD: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-const URL_SAFE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+use base64::alphabet;
+use base64::engine::general_purpose::{
+    GeneralPurpose, GeneralPurposeConfig, STANDARD, URL_SAFE_NO_PAD,
+};
+use base64::engine::DecodePaddingMode;
+use base64::Engine;
 
-fn encode_with(data: &[u8], alphabet: &[u8; 64], pad: bool) -> String {
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..chunk.len() + 1 {
-            out.push(alphabet[(n >> (18 - 6 * i) & 63) as usize] as char);
-        }
-        if pad {
-            for _ in chunk.len()..3 {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
+/// Padding optional, stray low bits in the last character tolerated: JWTs
+/// are read for their claims only, not verified.
+const LENIENT: GeneralPurposeConfig = GeneralPurposeConfig::new()
+    .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+    .with_decode_allow_trailing_bits(true);
+const LENIENT_URL: GeneralPurpose = GeneralPurpose::new(&alphabet::URL_SAFE, LENIENT);
+const LENIENT_STANDARD: GeneralPurpose = GeneralPurpose::new(&alphabet::STANDARD, LENIENT);
 
 /// Standard alphabet, padded (HTTP Basic, RFC 7617).
 pub fn encode(data: &[u8]) -> String {
-    encode_with(data, STANDARD, true)
+    STANDARD.encode(data)
 }
 
 /// URL-safe alphabet, unpadded (JWT, RFC 7515).
 pub fn encode_url(data: &[u8]) -> String {
-    encode_with(data, URL_SAFE, false)
+    URL_SAFE_NO_PAD.encode(data)
 }
 
 /// Decodes either alphabet, with or without padding.
 pub fn decode(s: &str) -> Option<Vec<u8>> {
-    let s = s.trim_end_matches('=');
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    let mut acc: u32 = 0;
-    let mut bits = 0;
-    for c in s.bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'-' | b'+' => 62,
-            b'_' | b'/' => 63,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    // A single leftover character cannot encode a byte.
-    (bits < 6).then_some(out)
+    LENIENT_URL
+        .decode(s)
+        .or_else(|_| LENIENT_STANDARD.decode(s))
+        .ok()
 }
 
 #[cfg(test)]

@@ -8,10 +8,11 @@ use crate::config;
 use crate::paths;
 use crate::timefmt::{now_unix, parse_timestamp};
 use serde_json::Value;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// sysexits(3) codes, as PRODUCT.md lists them.
+/// sysexits(3) codes, as README ("Command line") lists them.
 pub mod exit {
     pub const OK: i32 = 0;
     pub const USAGE: i32 = 64;
@@ -56,54 +57,64 @@ struct Args {
     socket: Option<PathBuf>,
     json: bool,
     all: bool,
+    help: bool,
+    version: bool,
+    /// The command and its operands.
     words: Vec<String>,
 }
 
-fn parse_args(args: &[String]) -> Result<Args, String> {
+/// Parses the arguments (after the program name). Paths may be any bytes;
+/// the command and names must be UTF-8.
+fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
+    use lexopt::prelude::*;
     let mut out = Args::default();
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_owned())),
-            _ => (arg.as_str(), None),
-        };
-        let mut value = |name: &str| {
-            inline
-                .clone()
-                .or_else(|| it.next().cloned())
-                .filter(|v| !v.is_empty())
-                .ok_or_else(|| format!("{name} needs a path"))
-        };
-        match flag {
-            "--config" => out.config = Some(PathBuf::from(value("--config")?)),
-            "--socket" => out.socket = Some(PathBuf::from(value("--socket")?)),
-            "--json" => out.json = true,
-            "--all" => out.all = true,
-            "-h" | "--help" => out.words.insert(0, "help".into()),
-            "-V" | "--version" => out.words.insert(0, "version".into()),
-            f if f.starts_with('-') && f.len() > 1 => return Err(format!("unknown option {f}")),
-            _ => out.words.push(arg.clone()),
+    let mut parser = lexopt::Parser::from_args(args);
+    let path = |v: Result<OsString, lexopt::Error>, name: &str| match v {
+        Ok(v) if !v.is_empty() => Ok(PathBuf::from(v)),
+        _ => Err(format!("{name} needs a path")),
+    };
+    while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
+        match arg {
+            Long("config") => out.config = Some(path(parser.value(), "--config")?),
+            Long("socket") => out.socket = Some(path(parser.value(), "--socket")?),
+            Long("json") => out.json = true,
+            Long("all") => out.all = true,
+            Short('h') | Long("help") => out.help = true,
+            Short('V') | Long("version") => out.version = true,
+            Value(v) => out.words.push(
+                v.into_string()
+                    .map_err(|v| format!("not UTF-8: {}", v.to_string_lossy()))?,
+            ),
+            other => return Err(other.unexpected().to_string()),
         }
     }
     Ok(out)
 }
 
-/// Runs the command line; returns the exit code.
-pub fn main(program: &str, args: &[String]) -> i32 {
+/// Runs the command line (`args` without the program name); returns the
+/// exit code.
+pub fn main(program: &str, args: impl IntoIterator<Item = OsString>) -> i32 {
     let args = match parse_args(args) {
         Ok(a) => a,
         Err(e) => return usage_error(&e),
     };
+    if args.help {
+        println!("{USAGE}");
+        return exit::OK;
+    }
+    if args.version {
+        println!("shop-auth-agent {}", env!("CARGO_PKG_VERSION"));
+        return exit::OK;
+    }
     let words: Vec<&str> = args.words.iter().map(String::as_str).collect();
+    let command = words.first().copied().unwrap_or("");
+    if args.json && !matches!(command, "token" | "status") {
+        return usage_error("--json goes with token or status");
+    }
+    if args.all && command != "refresh" {
+        return usage_error("--all goes with refresh");
+    }
     match words.as_slice() {
-        ["help", ..] => {
-            println!("{USAGE}");
-            exit::OK
-        }
-        ["version", ..] => {
-            println!("shop-auth-agent {}", env!("CARGO_PKG_VERSION"));
-            exit::OK
-        }
         ["run"] => run(&args),
         ["dev"] => crate::dev::run(program),
         ["check-config"] => check_config(&args),
@@ -111,6 +122,9 @@ pub fn main(program: &str, args: &[String]) -> i32 {
         ["status"] => status(&args),
         ["refresh"] if args.all => refresh_all(&args),
         ["refresh", name] if !args.all => refresh(&args, name),
+        ["refresh", _] => usage_error("refresh takes a NAME or --all, not both"),
+        ["refresh"] => usage_error("refresh needs a NAME or --all"),
+        ["token" | "logout"] => usage_error(&format!("{command} needs a provider NAME")),
         ["logout", name] => logout(&args, name),
         [] => usage_error("a command is needed"),
         [cmd, ..] => usage_error(&format!("unknown command or wrong arguments: {cmd}")),
@@ -429,28 +443,42 @@ pub fn default_socket_for(config: Option<&Path>) -> PathBuf {
 mod tests {
     use super::*;
 
-    fn words(s: &str) -> Vec<String> {
-        s.split_whitespace().map(str::to_owned).collect()
+    fn words(s: &str) -> Vec<OsString> {
+        s.split_whitespace().map(OsString::from).collect()
     }
 
     #[test]
     fn global_options_before_or_after_the_command() {
-        let a = parse_args(&words("--config /c.toml token x --socket=/s.sock --json")).unwrap();
+        let a = parse_args(words("--config /c.toml token x --socket=/s.sock --json")).unwrap();
         assert_eq!(a.config, Some(PathBuf::from("/c.toml")));
         assert_eq!(a.socket, Some(PathBuf::from("/s.sock")));
         assert!(a.json);
         assert_eq!(a.words, vec!["token", "x"]);
-        assert!(parse_args(&words("status --bogus")).is_err());
-        assert!(parse_args(&words("status --config")).is_err());
+        assert!(parse_args(words("status --bogus")).is_err());
+        assert!(parse_args(words("status --config")).is_err());
+        assert!(parse_args(words("status --config=")).is_err());
+    }
+
+    #[test]
+    fn non_utf8_paths_are_fine_and_other_non_utf8_is_a_usage_error() {
+        use std::os::unix::ffi::OsStringExt;
+        let odd = OsString::from_vec(b"/tmp/\xff.toml".to_vec());
+        let a = parse_args([OsString::from("--config"), odd.clone(), "status".into()]).unwrap();
+        assert_eq!(a.config, Some(PathBuf::from(odd.clone())));
+        assert!(parse_args([OsString::from("token"), odd]).is_err());
     }
 
     #[test]
     fn usage_errors_exit_64() {
-        assert_eq!(main("x", &words("frobnicate")), exit::USAGE);
-        assert_eq!(main("x", &words("token")), exit::USAGE);
-        assert_eq!(main("x", &words("refresh a --all")), exit::USAGE);
-        assert_eq!(main("x", &[]), exit::USAGE);
-        assert_eq!(main("x", &words("--help")), exit::OK);
+        assert_eq!(main("x", words("frobnicate")), exit::USAGE);
+        assert_eq!(main("x", words("token")), exit::USAGE);
+        assert_eq!(main("x", words("refresh a --all")), exit::USAGE);
+        assert_eq!(main("x", words("token a --all")), exit::USAGE);
+        assert_eq!(main("x", words("logout a --json")), exit::USAGE);
+        assert_eq!(main("x", words("status extra")), exit::USAGE);
+        assert_eq!(main("x", words("")), exit::USAGE);
+        assert_eq!(main("x", words("--help")), exit::OK);
+        assert_eq!(main("x", words("status -V")), exit::OK);
     }
 
     #[test]

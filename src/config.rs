@@ -475,7 +475,7 @@ fn read_secret(cx: &Cx, how: &str, arg: &str) -> Result<String, String> {
     let from_file = |path: &Path, what: String| -> Result<String, String> {
         let mut s =
             std::fs::read_to_string(path).map_err(|e| format!("{what} not readable: {e}"))?;
-        // PRODUCT.md: one trailing newline is trimmed, nothing else.
+        // README, "Configuration": one trailing newline is trimmed, nothing else.
         if s.ends_with('\n') {
             s.pop();
         }

@@ -4,12 +4,13 @@ use std::io::Write;
 
 fn main() {
     init_logging();
-    let args: Vec<String> = std::env::args().collect();
+    // Not env::args(): it panics on an argument that is not UTF-8.
+    let mut args = std::env::args_os();
     let program = args
-        .first()
-        .map(String::as_str)
-        .unwrap_or("shop-auth-agent");
-    let code = shop_auth_agent::cli::main(program, &args[1..]);
+        .next()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "shop-auth-agent".to_owned());
+    let code = shop_auth_agent::cli::main(&program, args);
     std::process::exit(code);
 }
 

@@ -1,5 +1,5 @@
 //! Every default path and the rules that choose between config, systemd's
-//! environment and the built-in defaults, in one place (PRODUCT.md, "Paths").
+//! environment and the built-in defaults, in one place (README, "Configuration").
 
 use std::path::PathBuf;
 

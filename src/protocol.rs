@@ -1,7 +1,7 @@
 //! The socket protocol, v1: parsing request lines and formatting answers.
 //! Pure functions; the server does the I/O.
 //!
-//! Wire format (PRODUCT.md is the contract):
+//! Wire format (docs/protocol.md is the contract):
 //! - The client writes one request per line: UTF-8, at most 1024 bytes
 //!   including the `\n`, words separated by spaces, the verb case-insensitive:
 //!   `TOKEN name`, `STATUS`, `REFRESH name`, `INVALIDATE name`, `LOGOUT name`,

@@ -29,7 +29,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// How long TOKEN waits for a first login in flight (PRODUCT.md: at most 3 s).
+/// How long TOKEN waits for a first login in flight (docs/protocol.md: at most 3 s).
 pub const TOKEN_WAIT: Duration = Duration::from_secs(3);
 
 /// The shared state and the handle the server and the agent use.

@@ -1,7 +1,7 @@
 //! Loopback stand-ins for the partner APIs, in one small HTTP/1.1 server
 //! (plain or TLS) on 127.0.0.1. `shop-auth-agent dev` runs the agent against
-//! it, and the end-to-end tests drive it: it follows the vendor documents in
-//! `partner-apis/` (paths, bodies, error shapes), checks what it receives
+//! it, and the end-to-end tests drive it: it follows the partners' APIs as
+//! docs/partners.md records them (paths, bodies, error shapes), checks what it receives
 //! strictly, counts requests, remembers what it issued, and can be switched
 //! into fault modes per kind.
 //!

@@ -71,6 +71,13 @@ impl fmt::Display for StoreError {
 impl std::error::Error for StoreError {}
 
 impl StoreError {
+    /// Whether another open database holds the files: another agent, or
+    /// this one's database of a failed write that sled has not let go of
+    /// yet (see [`open_checked`]).
+    pub fn is_locked(&self) -> bool {
+        matches!(&self.source, sled::Error::Io(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
     /// Whether the database itself looks damaged (worth moving aside), as
     /// opposed to locked by another process, unreadable for permissions,
     /// or written by a newer agent — which a fresh database would not fix
@@ -203,7 +210,7 @@ impl Store {
                 // The database of the failed write is still being let go.
                 Err(e)
                     if inner.records.is_some()
-                        && e.source.to_string().contains("acquire lock")
+                        && e.is_locked()
                         && start.elapsed() < REOPEN_WAIT =>
                 {
                     std::thread::sleep(std::time::Duration::from_millis(10))
@@ -494,6 +501,19 @@ fn read_sled(db: &sled::Db) -> Result<(u64, BTreeMap<String, Record>), StoreErro
 /// Opens the database at `path` and checks (or writes) its schema version.
 fn open_checked(path: &Path) -> Result<sled::Db, StoreError> {
     let err = |context: String| move |source| StoreError { context, source };
+    // sled reports a held lock only as text in an `Other` I/O error: probe
+    // it first, so that callers can tell "in use" from other failures.
+    let data = path.join("db");
+    if let Ok(f) = File::open(&data) {
+        let held =
+            crate::sys::flock_held(&f).map_err(io_error(format!("locking {}", data.display())))?;
+        if held {
+            return Err(StoreError {
+                context: format!("{} is in use by another process", path.display()),
+                source: sled::Error::Io(std::io::Error::from(std::io::ErrorKind::WouldBlock)),
+            });
+        }
+    }
     let db = open_db(path)?;
     match db
         .get(SCHEMA_KEY)
@@ -583,10 +603,7 @@ mod tests {
         let start = std::time::Instant::now();
         loop {
             match Store::open(dir) {
-                Err(e)
-                    if e.to_string().contains("could not acquire lock")
-                        && start.elapsed() < std::time::Duration::from_secs(10) =>
-                {
+                Err(e) if e.is_locked() && start.elapsed() < std::time::Duration::from_secs(10) => {
                     std::thread::sleep(std::time::Duration::from_millis(10))
                 }
                 other => return other.unwrap(),

@@ -139,6 +139,24 @@ pub fn set_group(path: &std::path::Path, gid: u32) -> io::Result<()> {
     std::os::unix::fs::chown(path, None, Some(gid))
 }
 
+/// Whether another open file description holds a `flock` on `file` (as
+/// sled does on its data file while a database is open). Probes with a
+/// non-blocking exclusive lock, released again when this returns.
+pub fn flock_held(file: &std::fs::File) -> io::Result<bool> {
+    let fd = file.as_raw_fd();
+    // SAFETY: flock on a descriptor we own; no memory is passed.
+    if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        // SAFETY: as above.
+        unsafe { libc::flock(fd, libc::LOCK_UN) };
+        return Ok(false);
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EWOULDBLOCK) => Ok(true),
+        _ => Err(e),
+    }
+}
+
 pub fn current_uid() -> u32 {
     // SAFETY: getuid cannot fail.
     unsafe { libc::getuid() }

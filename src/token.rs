@@ -49,7 +49,7 @@ const MAX_LIFETIME: i64 = 366 * 24 * 3600;
 impl Token {
     /// Turns a grant into a token obtained at `now`. The lifetime comes from
     /// the response's absolute expiry, else its relative lifetime, else the
-    /// JWT `exp` claim, else `fallback` (PRODUCT.md's order); a source whose
+    /// JWT `exp` claim, else `fallback` (docs/partners.md's order); a source whose
     /// lifetime is not positive or longer than a year is skipped. Absolute
     /// times from the partner are read relative to its `Date` header when it
     /// sent one, so a partner clock that differs from ours does not shift
@@ -116,7 +116,7 @@ fn normalise_type(t: Option<&str>) -> String {
 
 /// When to renew: `obtained_at + clamp(lifetime − refresh_before, ½·lifetime,
 /// ⅘·lifetime)`, moved earlier by `jitter` (a draw in [0, 1)) times 5 % of the
-/// lifetime so that terminals do not synchronise (PRODUCT.md).
+/// lifetime so that terminals do not synchronise (docs/design.md).
 pub fn refresh_at(token: &Token, refresh_before: Duration, jitter: f64) -> i64 {
     let lifetime = token.lifetime() as f64;
     let before = refresh_before.as_secs_f64();
@@ -128,7 +128,7 @@ pub fn refresh_at(token: &Token, refresh_before: Duration, jitter: f64) -> i64 {
 /// The window over which a provider's first login after start is spread
 /// (when no valid token is held). Short enough that a POS asking for a
 /// token at once still gets it within TOKEN's 3 s wait, and as wide as
-/// PRODUCT.md allows ("the first login happens within 2 s of start") to
+/// the contract allows ("the first login happens within 2 s of start") to
 /// spread a fleet of terminals powered on together.
 pub const FIRST_LOGIN_WINDOW: Duration = Duration::from_secs(2);
 
@@ -160,7 +160,7 @@ pub fn transient_backoff(
 }
 
 /// Delay before retry number `failures` after rejected credentials: 60 s,
-/// doubling to an hour; `max_backoff` does not shorten it (PRODUCT.md).
+/// doubling to an hour; `max_backoff` does not shorten it (docs/design.md).
 /// A little jitter (up to 10 %) keeps a fleet with a shared bad credential apart.
 pub fn rejected_backoff(failures: u32, draw: f64) -> Duration {
     let exp = failures.saturating_sub(1).min(6);

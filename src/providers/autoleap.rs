@@ -1,4 +1,4 @@
-//! AutoLeap Partner API (partner-apis/autoleap.txt): JSON login with
+//! AutoLeap Partner API (docs/partners.md, "autoleap"): JSON login with
 //! `partnerId`/`authKey`, renewal through `generateNewAccessToken`, and a
 //! logout that revokes. The answers carry no lifetime; the access token is a
 //! JWT whose `exp` the token module reads (else `token_lifetime`).

@@ -1,4 +1,4 @@
-//! Autovit (partner-apis/autovit.txt): OAuth 2 with the `password` or the
+//! Autovit (docs/partners.md, "autovit"): OAuth 2 with the `password` or the
 //! vendor's own `partner` grant; client id and secret by HTTP Basic (its curl
 //! example, `-u id:secret`, sends them as is) or as form fields (its raw
 //! example). Renewal with `grant_type=refresh_token`, which the document does

@@ -1,4 +1,4 @@
-//! Carrental (partner-apis/carrental.txt): JSON `{userName, password}` to
+//! Carrental (docs/partners.md, "carrental"): JSON `{userName, password}` to
 //! `/authtoken`; the answer's fields are all strings. `expires` is used when
 //! it parses (its format is not documented, so every plausible one is read);
 //! else `expiresIn` as seconds (its unit is not documented either; seconds is

@@ -1,4 +1,4 @@
-//! MakeLeaps (partner-apis/makeleaps.txt): OAuth 2 client credentials with
+//! MakeLeaps (docs/partners.md, "makeleaps"): OAuth 2 client credentials with
 //! HTTP Basic. The vendor's Python encodes `client_id:client_secret` as is
 //! (no form-encoding first), so we do the same. No refresh tokens: a new
 //! token is a new login.

@@ -250,7 +250,7 @@ pub fn build(settings: &KindSettings) -> Box<dyn Provider> {
     }
 }
 
-/// Joins a base URL and a path with exactly one `/` (PRODUCT.md).
+/// Joins a base URL and a path with exactly one `/` (docs/partners.md).
 pub fn join_url(base: &str, path: &str) -> String {
     format!(
         "{}/{}",
@@ -266,7 +266,7 @@ use serde_json::{Map, Value};
 
 /// Turns a non-2xx status into a classified error. 408, 429 and 5xx are
 /// transient; every other 4xx is "rejected": 400 invalid_grant /
-/// invalid_client, 401, 403 and 404 are what PRODUCT.md names, and any other
+/// invalid_client, 401, 403 and 404 are what docs/partners.md names, and any other
 /// 4xx (say 400 invalid_request) cannot be fixed by retrying fast either.
 /// `secrets` are scrubbed from the partner's own message, in case it echoes
 /// one back.
