@@ -49,7 +49,8 @@ Options:
   -V, --version   the version
 
 Exit codes: 0 ok, 64 usage, 69 agent unreachable, 75 no token now (try later),
-77 permission denied, 78 configuration error.";
+77 permission denied or provider logged out, 78 configuration error or
+credentials rejected by the partner.";
 
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Args {
@@ -238,10 +239,14 @@ fn answer_failure(answer: &Value) -> i32 {
         Some(n) => eprintln!("shop-auth-agent: {code}: {message} (retry in {n}s)"),
         None => eprintln!("shop-auth-agent: {code}: {message}"),
     }
-    match code {
-        "unknown_provider" | "bad_request" => exit::USAGE,
-        "forbidden" => exit::NOPERM,
-        "no_token" | "refresh_failed" => exit::TEMPFAIL,
+    match (code, answer["state"].as_str()) {
+        ("unknown_provider" | "bad_request", _) => exit::USAGE,
+        ("forbidden", _) => exit::NOPERM,
+        // A person must act: fix the credentials in the config, or log the
+        // provider back in. Retrying later would not help.
+        ("no_token" | "refresh_failed", Some("rejected")) => exit::CONFIG,
+        ("no_token" | "refresh_failed", Some("logged_out")) => exit::NOPERM,
+        ("no_token" | "refresh_failed", _) => exit::TEMPFAIL,
         _ => exit::SOFTWARE,
     }
 }
@@ -257,17 +262,25 @@ fn one_request(args: &Args, request: &str) -> Result<Value, i32> {
 }
 
 fn token(args: &Args, name: &str) -> i32 {
-    match one_request(args, &format!("TOKEN {name}")) {
-        Ok(answer) => {
-            if args.json {
-                println!("{answer}");
-            } else {
-                println!("{}", answer["access_token"].as_str().unwrap_or(""));
-            }
-            exit::OK
-        }
-        Err(code) => code,
+    let mut client = match connect(args) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let answer = match ask(&mut client, &format!("TOKEN {name}")) {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    if args.json {
+        // The whole answer, failures too: a script reads the error there.
+        println!("{answer}");
     }
+    if answer["ok"] != Value::Bool(true) {
+        return answer_failure(&answer);
+    }
+    if !args.json {
+        println!("{}", answer["access_token"].as_str().unwrap_or(""));
+    }
+    exit::OK
 }
 
 fn refresh(args: &Args, name: &str) -> i32 {

@@ -29,6 +29,10 @@ pub struct AgentSettings {
     /// The group given to the socket and token files; `None` keeps the process's.
     pub socket_group: Option<u32>,
     pub state_dir: PathBuf,
+    /// Groups whose members may LOGOUT (and log back in); root always may.
+    pub admin_gids: Vec<u32>,
+    /// Connections one uid may hold open at once.
+    pub max_connections_per_uid: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -40,6 +44,9 @@ pub struct ProviderSettings {
     pub refresh_before: Duration,
     pub timeout: Duration,
     pub max_backoff: Duration,
+    /// Forced renewals within this long of a successful one get its token
+    /// without a partner request; zero turns it off.
+    pub refresh_cooldown: Duration,
     pub persist: bool,
     pub ca_pem: Option<Vec<u8>>,
     pub file: Option<PathBuf>,
@@ -150,6 +157,10 @@ impl std::error::Error for ConfigError {}
 const DEFAULT_REFRESH_BEFORE: Duration = Duration::from_secs(5 * 60);
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
 const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(5 * 60);
+const DEFAULT_REFRESH_COOLDOWN: Duration = Duration::from_secs(10);
+/// A quarter of the server's connection cap: one POS user holding
+/// connections open cannot lock the others out.
+const DEFAULT_MAX_CONNECTIONS_PER_UID: usize = 64;
 // Used only when a partner states no lifetime and its token is no JWT.
 // Short on purpose: guessing too long would serve an expired token, guessing
 // too short only costs an early login.
@@ -356,9 +367,18 @@ impl Fields {
     }
 
     fn duration(&mut self, cx: &mut Cx, key: &str) -> Option<Duration> {
+        self.duration_from(cx, key, false)
+    }
+
+    /// A duration that may also be zero ("0s": off).
+    fn duration_or_zero(&mut self, cx: &mut Cx, key: &str) -> Option<Duration> {
+        self.duration_from(cx, key, true)
+    }
+
+    fn duration_from(&mut self, cx: &mut Cx, key: &str, zero: bool) -> Option<Duration> {
         let s = self.string(cx, key)?;
         match crate::timefmt::parse_duration(&s) {
-            Ok(d) if d.is_zero() => {
+            Ok(d) if d.is_zero() && !zero => {
                 cx.problem(&self.key(key), "must be longer than zero");
                 None
             }
@@ -545,12 +565,33 @@ fn parse_agent(cx: &mut Cx, fields: Option<Fields>) -> Option<AgentSettings> {
         },
     };
     let state_dir = f.string(cx, "state_dir").map(|s| cx.resolve(&s));
+    let admin_gids = f
+        .list(cx, "admin_groups", by_name(sys::group_id, "group"))
+        .unwrap_or_default();
+    let max_connections_per_uid = match f.take("max_connections_per_uid") {
+        None => DEFAULT_MAX_CONNECTIONS_PER_UID,
+        Some(Value::Integer(n)) if (1..=crate::server::MAX_CONNECTIONS as i64).contains(&n) => {
+            n as usize
+        }
+        Some(_) => {
+            cx.problem(
+                &f.key("max_connections_per_uid"),
+                format!(
+                    "expected a number from 1 to {}",
+                    crate::server::MAX_CONNECTIONS
+                ),
+            );
+            DEFAULT_MAX_CONNECTIONS_PER_UID
+        }
+    };
     f.finish(cx);
     Some(AgentSettings {
         socket: paths::agent_socket(socket, cx.env),
         socket_mode,
         socket_group,
         state_dir: paths::state_dir(state_dir, cx.env),
+        admin_gids,
+        max_connections_per_uid,
     })
 }
 
@@ -561,6 +602,7 @@ struct Defaults {
     refresh_before: Duration,
     timeout: Duration,
     max_backoff: Duration,
+    refresh_cooldown: Duration,
     persist: bool,
 }
 
@@ -570,6 +612,7 @@ fn parse_defaults(cx: &mut Cx, fields: Option<Fields>) -> Defaults {
         refresh_before: DEFAULT_REFRESH_BEFORE,
         timeout: DEFAULT_TIMEOUT,
         max_backoff: DEFAULT_MAX_BACKOFF,
+        refresh_cooldown: DEFAULT_REFRESH_COOLDOWN,
         persist: true,
     };
     if let Some(f) = fields {
@@ -592,6 +635,9 @@ fn apply_common(cx: &mut Cx, mut f: Fields, d: &mut Defaults) -> Fields {
     }
     if let Some(v) = f.duration(cx, "max_backoff") {
         d.max_backoff = v;
+    }
+    if let Some(v) = f.duration_or_zero(cx, "refresh_cooldown") {
+        d.refresh_cooldown = v;
     }
     if let Some(v) = f.boolean(cx, "persist") {
         d.persist = v;
@@ -632,11 +678,36 @@ fn parse_provider(
         refresh_before: d.refresh_before,
         timeout: d.timeout,
         max_backoff: d.max_backoff,
+        refresh_cooldown: d.refresh_cooldown,
         persist: d.persist,
         ca_pem,
         file,
         access,
     })
+}
+
+/// A list item naming a user or group, resolved to its id.
+fn by_name(
+    lookup: fn(&str) -> std::io::Result<Option<u32>>,
+    what: &'static str,
+) -> impl Fn(&mut Cx, &str, Value) -> Option<u32> {
+    move |cx: &mut Cx, path: &str, v: Value| match v {
+        Value::String(name) => match lookup(&name) {
+            Ok(Some(id)) => Some(id),
+            Ok(None) => {
+                cx.problem(path, format!("no {what} named {name:?}"));
+                None
+            }
+            Err(e) => {
+                cx.problem(path, format!("looking up {name:?}: {e}"));
+                None
+            }
+        },
+        _ => {
+            cx.problem(path, format!("expected a {what} name"));
+            None
+        }
+    }
 }
 
 fn parse_access(cx: &mut Cx, f: &mut Fields) -> Option<Access> {
@@ -658,25 +729,6 @@ fn parse_access(cx: &mut Cx, f: &mut Fields) -> Option<Access> {
     access
         .gids
         .extend(f.list(cx, "allow_gids", int).unwrap_or_default());
-    let by_name = |lookup: fn(&str) -> std::io::Result<Option<u32>>, what: &'static str| {
-        move |cx: &mut Cx, path: &str, v: Value| match v {
-            Value::String(name) => match lookup(&name) {
-                Ok(Some(id)) => Some(id),
-                Ok(None) => {
-                    cx.problem(path, format!("no {what} named {name:?}"));
-                    None
-                }
-                Err(e) => {
-                    cx.problem(path, format!("looking up {name:?}: {e}"));
-                    None
-                }
-            },
-            _ => {
-                cx.problem(path, format!("expected a {what} name"));
-                None
-            }
-        }
-    };
     access.uids.extend(
         f.list(cx, "allow_users", by_name(sys::user_id, "user"))
             .unwrap_or_default(),

@@ -21,6 +21,7 @@
 //! `Persisted` event, so what was served is on disk.
 
 use crate::providers::ErrorKind;
+use crate::secret::Secret;
 use crate::store::Health;
 use crate::token::{self, Token};
 use std::sync::Arc;
@@ -47,14 +48,18 @@ fn ms(d: Duration) -> Mono {
 pub struct Timing {
     pub refresh_before: Duration,
     pub max_backoff: Duration,
+    /// After a forced renewal (REFRESH, INVALIDATE) succeeds, further ones
+    /// within this long get its token without a partner request; zero: off.
+    pub cooldown: Duration,
 }
 
 /// What an attempt does at the partner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
     /// Renew with the refresh token where there is one, else log in.
-    /// `invalidate`: the POS saw the current token refused.
-    Renew { invalidate: bool },
+    /// `invalidate`: the POS saw the current token refused; `forced`: a
+    /// client asked for it (REFRESH, INVALIDATE), not the schedule.
+    Renew { invalidate: bool, forced: bool },
     /// Revoke where the kind can, and forget the tokens.
     Logout,
 }
@@ -80,10 +85,13 @@ pub enum Outcome {
 pub enum Event {
     /// The monotonic clock reached the planned attempt.
     Tick,
-    /// A client asked for a renewal now.
-    Refresh,
-    /// A client saw the current token refused: drop it and renew now.
-    Invalidate,
+    /// A client asked for a renewal now; `admin`: an administrator (who may
+    /// log a logged-out provider back in).
+    Refresh { admin: bool },
+    /// A client saw a token refused: `Some` names it (`INVALIDATE name
+    /// token`); `None`, the client does not say which (the current one, or
+    /// the one a forced renewal replaced moments ago).
+    Invalidate(Option<Secret>),
     /// A client asked to log out.
     Logout,
     /// The attempt in flight ended.
@@ -125,6 +133,8 @@ pub enum Action {
     },
     /// Clients waiting for attempt number `ticket` get their answer then.
     Await(u64),
+    /// Answer the client at once with the current token (no attempt).
+    Current,
     /// Answer the client at once: the request is not served now.
     Refuse {
         message: String,
@@ -150,6 +160,7 @@ enum Activity {
 /// then installed as they were written.
 #[derive(Debug, Clone, PartialEq)]
 struct Persisting {
+    op: Op,
     outcome: Outcome,
     token: Option<Token>,
     health: Health,
@@ -171,6 +182,12 @@ pub struct Lifecycle {
     activity: Activity,
     /// A client saw the current token refused: it is not served again.
     refused: bool,
+    /// While a failed attempt's backoff (or `Retry-After`) runs: no
+    /// attempt, forced or not, before this. Kept through LOGOUT.
+    backoff_until: Option<Mono>,
+    /// When the last forced renewal succeeded (its token is current): the
+    /// cooldown runs from here.
+    forced_ok_at: Option<Mono>,
     /// Attempts started and finished (clients wait for a number).
     started: u64,
     finished: u64,
@@ -218,6 +235,8 @@ impl Lifecycle {
             refresh_at: None,
             activity: Activity::Idle { next: None },
             refused: false,
+            backoff_until: None,
+            forced_ok_at: None,
             started: 0,
             finished: 0,
             last_outcome: None,
@@ -274,6 +293,48 @@ impl Lifecycle {
         };
     }
 
+    /// Whether a forced renewal succeeded within the cooldown and its
+    /// token is still served.
+    fn in_cooldown(&self, now: Now) -> bool {
+        let cooldown = ms(self.timing.cooldown);
+        cooldown > 0
+            && self
+                .forced_ok_at
+                .is_some_and(|t| now.mono < t.saturating_add(cooldown))
+            && self.serve(now.wall).is_some()
+    }
+
+    /// A renewal a client asked for: started now, unless a failure's backoff
+    /// (or Retry-After, or the slow retry of rejected credentials) still
+    /// runs — a client asking again and again must not turn into a request
+    /// loop at the partner (a credential fixed in the config is tried at
+    /// the reload).
+    fn forced(&mut self, invalidate: bool, now: Now) -> Vec<Action> {
+        if self.backoff_until.is_some_and(|t| t > now.mono) {
+            let message = format!(
+                "{} (not retried before the next scheduled attempt{})",
+                self.health
+                    .last_error
+                    .as_deref()
+                    .unwrap_or("the last attempt failed"),
+                if self.health.rejected() {
+                    "; fix the credentials and reload"
+                } else {
+                    ""
+                }
+            );
+            let retry_in = self
+                .backoff_until
+                .map(|t| t.saturating_sub(now.mono).div_ceil(1000).max(1));
+            return vec![Action::Refuse { message, retry_in }];
+        }
+        let start = self.start(Op::Renew {
+            invalidate,
+            forced: true,
+        });
+        vec![start, Action::Await(self.started)]
+    }
+
     fn start(&mut self, op: Op) -> Action {
         self.started += 1;
         self.activity = Activity::InFlight {
@@ -288,50 +349,79 @@ impl Lifecycle {
         match event {
             Event::Tick => match self.activity {
                 Activity::Idle { next: Some(at) } if at <= now.mono => {
-                    vec![self.start(Op::Renew { invalidate: false })]
+                    vec![self.start(Op::Renew {
+                        invalidate: false,
+                        forced: false,
+                    })]
                 }
                 _ => vec![],
             },
-            Event::Refresh | Event::Invalidate => {
-                let invalidate = event == Event::Invalidate;
-                // The POS saw this token refused: stop serving it at once.
-                self.refused |= invalidate;
-                match &self.activity {
+            Event::Refresh { admin } => {
+                if self.busy() {
                     // Join the attempt under way.
-                    Activity::InFlight { .. } | Activity::Persisting(_) => {
-                        vec![Action::Await(self.started)]
-                    }
-                    Activity::Idle { .. } if invalidate && self.health.logged_out => {
-                        // Only REFRESH (or a reload that changes the
-                        // provider) logs a logged-out provider back in.
-                        vec![Action::Refuse {
-                            message: "logged out; REFRESH logs it back in".into(),
-                            retry_in: None,
-                        }]
-                    }
-                    Activity::Idle { next } => {
-                        // Rejected credentials are retried on their slow
-                        // schedule only: a POS asking again and again must not
-                        // turn into a login loop at the partner (a credential
-                        // fixed in the config is tried at the reload).
-                        if self.health.rejected() && next.is_some_and(|t| t > now.mono) {
-                            let message = format!(
-                                "{} (not retried before the next scheduled attempt; fix the \
-                                 credentials and reload)",
-                                self.health
-                                    .last_error
-                                    .as_deref()
-                                    .unwrap_or("credentials rejected")
-                            );
-                            return vec![Action::Refuse {
-                                message,
-                                retry_in: self.retry_in(now),
-                            }];
-                        }
-                        let start = self.start(Op::Renew { invalidate });
-                        vec![start, Action::Await(self.started)]
-                    }
+                    return vec![Action::Await(self.started)];
                 }
+                if self.health.logged_out && !admin {
+                    return vec![Action::Refuse {
+                        message: "logged out; an administrator's REFRESH logs it back in".into(),
+                        retry_in: None,
+                    }];
+                }
+                if self.in_cooldown(now) {
+                    return vec![Action::Current];
+                }
+                self.forced(false, now)
+            }
+            Event::Invalidate(seen) => {
+                let cooldown = self.in_cooldown(now);
+                let current = self.serve(now.wall).map(|(t, _)| t.access.clone());
+                let seen_current = match (&seen, &current) {
+                    (Some(s), Some(c)) => s.expose() == c.expose(),
+                    (Some(_), None) => false,
+                    // Without a token named: the current one, unless a
+                    // forced renewal just replaced it (then the client saw
+                    // the one before).
+                    (None, _) => !cooldown,
+                };
+                if !seen_current && current.is_some() {
+                    // A newer token than the one refused: hand it out.
+                    return vec![Action::Current];
+                }
+                if seen_current {
+                    // Never served again.
+                    self.refused = true;
+                }
+                if self.busy() {
+                    return vec![Action::Await(self.started)];
+                }
+                if self.health.logged_out {
+                    // Only REFRESH (or a reload that changes the provider)
+                    // logs a logged-out provider back in.
+                    return vec![Action::Refuse {
+                        message: "logged out; an administrator's REFRESH logs it back in".into(),
+                        retry_in: None,
+                    }];
+                }
+                if seen_current && cooldown {
+                    // The partner refuses the token a forced renewal gave
+                    // moments ago: renewing again at once would loop.
+                    let until = self.forced_ok_at.unwrap_or(now.mono) + ms(self.timing.cooldown);
+                    self.activity = Activity::Idle { next: Some(until) };
+                    // Nor at a REFRESH: INVALIDATE, REFRESH, INVALIDATE, …
+                    // would still be a loop at the partner.
+                    self.backoff_until = Some(until);
+                    return vec![Action::Refuse {
+                        message: format!(
+                            "the partner refused the token of a renewal {}s ago; not renewing \
+                             again within refresh_cooldown",
+                            now.mono
+                                .saturating_sub(self.forced_ok_at.unwrap_or(now.mono))
+                                / 1000
+                        ),
+                        retry_in: self.retry_in(now),
+                    }];
+                }
+                self.forced(seen_current, now)
             }
             Event::Logout => match &mut self.activity {
                 Activity::InFlight { logout_after, .. } => {
@@ -354,6 +444,7 @@ impl Lifecycle {
                 };
                 let (token, health) = self.result_of(op, &outcome, now);
                 self.activity = Activity::Persisting(Box::new(Persisting {
+                    op,
                     outcome,
                     token: token.clone(),
                     health: health.clone(),
@@ -366,7 +457,7 @@ impl Lifecycle {
                     return vec![];
                 };
                 let p = (**p).clone();
-                self.install(p.outcome, p.token, p.health, now, draw);
+                self.install(p.op, p.outcome, p.token, p.health, now, draw);
                 let mut actions = vec![Action::Wake];
                 if p.logout_after {
                     actions.push(self.start(Op::Logout));
@@ -452,12 +543,13 @@ impl Lifecycle {
     /// The record an attempt's outcome leaves on disk.
     fn result_of(&self, op: Op, outcome: &Outcome, now: Now) -> (Option<Token>, Health) {
         match outcome {
+            // The failures stay: a logout does not lift the backoff of
+            // rejected credentials.
             Outcome::LoggedOut => (
                 None,
                 Health {
                     logged_out: true,
-                    last_refresh: self.health.last_refresh,
-                    ..Health::default()
+                    ..self.health.clone()
                 },
             ),
             Outcome::Token(t) => (
@@ -477,7 +569,14 @@ impl Lifecycle {
                     logged_out: false,
                     last_refresh: self.health.last_refresh,
                 };
-                let refused = self.refused || op == (Op::Renew { invalidate: true });
+                let refused = self.refused
+                    || matches!(
+                        op,
+                        Op::Renew {
+                            invalidate: true,
+                            ..
+                        }
+                    );
                 // A failed renewal changes no token, but a refused one is
                 // never kept.
                 let token = if refused {
@@ -493,6 +592,7 @@ impl Lifecycle {
     /// Installs what an attempt left (as persisted) and plans the next.
     fn install(
         &mut self,
+        op: Op,
         outcome: Outcome,
         token: Option<Token>,
         health: Health,
@@ -502,6 +602,12 @@ impl Lifecycle {
         self.finished = self.started;
         self.refused = false;
         self.health = health;
+        // The cooldown belongs to the token a forced renewal gave.
+        self.forced_ok_at = match (&outcome, op) {
+            (Outcome::Token(_), Op::Renew { forced: true, .. }) => Some(now.mono),
+            (Outcome::Token(_) | Outcome::LoggedOut, _) => None,
+            _ => self.forced_ok_at,
+        };
         match outcome {
             Outcome::LoggedOut => {
                 self.token = None;
@@ -512,6 +618,7 @@ impl Lifecycle {
             }
             Outcome::Token(_) => {
                 let t = token.expect("a new token is persisted");
+                self.backoff_until = None;
                 self.plan_renewal(&t, now, draw);
                 self.token = Some(Arc::new(t));
                 self.restored = None;
@@ -539,6 +646,7 @@ impl Lifecycle {
                     ),
                 };
                 self.plan_in(delay, now);
+                self.backoff_until = self.next_attempt();
                 self.last_outcome = Some(Err((
                     format!("{}: {message}", kind.as_str()),
                     Some(delay.as_secs().max(1)),
@@ -579,9 +687,10 @@ impl Lifecycle {
             state
         } else if self.health.rejected() {
             "rejected"
-        } else if self.token.is_some() {
+        } else if self.token.is_some() && !self.refused {
             "expired"
         } else {
+            // Never had one, or a client saw it refused.
             "none"
         }
     }
@@ -653,7 +762,21 @@ mod tests {
     const TIMING: Timing = Timing {
         refresh_before: Duration::from_secs(300),
         max_backoff: Duration::from_secs(300),
+        cooldown: Duration::from_secs(10),
     };
+    const SCHEDULED: Op = Op::Renew {
+        invalidate: false,
+        forced: false,
+    };
+    const FORCED: Op = Op::Renew {
+        invalidate: false,
+        forced: true,
+    };
+    const REFRESH: Event = Event::Refresh { admin: false };
+
+    fn invalidate(token: &str) -> Event {
+        Event::Invalidate(Some(Secret::new(token)))
+    }
 
     fn at(wall: i64, mono_s: u64) -> Now {
         Now {
@@ -696,7 +819,7 @@ mod tests {
         assert_eq!(l.on(Event::Tick, at(1000, 0), 0.0), vec![]);
         assert_eq!(
             l.on(Event::Tick, at(1001, 1), 0.0),
-            vec![Action::Start(Op::Renew { invalidate: false })]
+            vec![Action::Start(SCHEDULED)]
         );
         // Not served before it is persisted.
         let persist = l.on(
@@ -725,15 +848,12 @@ mod tests {
     fn clients_join_the_attempt_under_way() {
         let mut l = Lifecycle::new(TIMING, None, Health::default(), None, at(0, 0), 0.0);
         assert_eq!(
-            l.on(Event::Refresh, at(0, 0), 0.0),
-            vec![
-                Action::Start(Op::Renew { invalidate: false }),
-                Action::Await(1)
-            ]
+            l.on(REFRESH, at(0, 0), 0.0),
+            vec![Action::Start(FORCED), Action::Await(1)]
         );
-        assert_eq!(l.on(Event::Refresh, at(0, 0), 0.0), vec![Action::Await(1)]);
+        assert_eq!(l.on(REFRESH, at(0, 0), 0.0), vec![Action::Await(1)]);
         assert_eq!(
-            l.on(Event::Invalidate, at(0, 0), 0.0),
+            l.on(Event::Invalidate(None), at(0, 0), 0.0),
             vec![Action::Await(1)]
         );
         assert_eq!(l.on(Event::Tick, at(9, 9), 0.0), vec![]);
@@ -758,9 +878,12 @@ mod tests {
         );
         assert!(l.serve(0).is_some());
         assert_eq!(
-            l.on(Event::Invalidate, at(0, 0), 0.0),
+            l.on(Event::Invalidate(None), at(0, 0), 0.0),
             vec![
-                Action::Start(Op::Renew { invalidate: true }),
+                Action::Start(Op::Renew {
+                    invalidate: true,
+                    forced: true
+                }),
                 Action::Await(1)
             ]
         );
@@ -785,7 +908,7 @@ mod tests {
             at(0, 0),
             0.0,
         );
-        l.on(Event::Refresh, at(10, 10), 0.0);
+        l.on(REFRESH, at(10, 10), 0.0);
         finish(&mut l, failed(ErrorKind::Transient), at(10, 10));
         assert_eq!(
             l.serve(10).map(|(t, s)| (t.access.expose(), s)),
@@ -809,7 +932,7 @@ mod tests {
         finish(&mut l, failed(ErrorKind::Rejected), at(0, 0));
         assert_eq!(l.state(0), "rejected");
         assert_eq!(l.next_attempt(), Some(60_000));
-        for verb in [Event::Refresh, Event::Invalidate] {
+        for verb in [REFRESH, Event::Invalidate(None)] {
             let a = l.on(verb, at(30, 30), 0.0);
             assert!(
                 matches!(
@@ -824,7 +947,7 @@ mod tests {
         }
         assert_eq!(
             l.on(Event::Tick, at(60, 60), 0.0),
-            vec![Action::Start(Op::Renew { invalidate: false })]
+            vec![Action::Start(SCHEDULED)]
         );
         finish(&mut l, failed(ErrorKind::Rejected), at(60, 60));
         assert_eq!(l.next_attempt(), Some(180_000), "then 120 s");
@@ -833,7 +956,7 @@ mod tests {
     #[test]
     fn logout_waits_for_the_attempt_under_way_and_stays_logged_out() {
         let mut l = Lifecycle::new(TIMING, None, Health::default(), None, at(0, 0), 0.0);
-        l.on(Event::Refresh, at(0, 0), 0.0);
+        l.on(REFRESH, at(0, 0), 0.0);
         assert_eq!(l.on(Event::Logout, at(0, 0), 0.0), vec![Action::Await(2)]);
         let after = finish(&mut l, Outcome::Token(tok("a", 0, 100)), at(0, 0));
         assert_eq!(after, vec![Action::Wake, Action::Start(Op::Logout)]);
@@ -846,17 +969,148 @@ mod tests {
         assert_eq!(l.state(1), "logged_out");
         assert_eq!(l.next_attempt(), None);
         assert_eq!(l.on(Event::Tick, at(99_999, 99_999), 0.0), vec![]);
-        // INVALIDATE is not a way back; REFRESH is.
-        assert!(matches!(
-            &l.on(Event::Invalidate, at(2, 2), 0.0)[..],
-            [Action::Refuse { retry_in: None, .. }]
-        ));
+        // INVALIDATE is not a way back, nor anyone's REFRESH; an
+        // administrator's is.
+        for verb in [Event::Invalidate(None), REFRESH] {
+            assert!(matches!(
+                &l.on(verb, at(2, 2), 0.0)[..],
+                [Action::Refuse { retry_in: None, .. }]
+            ));
+        }
         assert_eq!(
-            l.on(Event::Refresh, at(2, 2), 0.0),
+            l.on(Event::Refresh { admin: true }, at(2, 2), 0.0),
+            vec![Action::Start(FORCED), Action::Await(3)]
+        );
+    }
+
+    #[test]
+    fn forced_renewals_within_the_cooldown_get_the_fresh_token() {
+        let mut l = Lifecycle::new(
+            TIMING,
+            Some(tok("a", 0, 1000)),
+            Health::default(),
+            None,
+            at(0, 0),
+            0.0,
+        );
+        assert_eq!(
+            l.on(REFRESH, at(1, 1), 0.0),
+            vec![Action::Start(FORCED), Action::Await(1)]
+        );
+        finish(&mut l, Outcome::Token(tok("b", 1, 1000)), at(1, 1));
+        // A storm of REFRESH and token-less INVALIDATE: no attempt.
+        for verb in [REFRESH, Event::Invalidate(None), REFRESH] {
+            assert_eq!(l.on(verb, at(5, 5), 0.0), vec![Action::Current]);
+        }
+        assert!(
+            l.serve(5).is_some(),
+            "a token-less INVALIDATE in the cooldown refuses nothing"
+        );
+        // INVALIDATE of an older token: the current one, no attempt.
+        assert_eq!(l.on(invalidate("a"), at(6, 6), 0.0), vec![Action::Current]);
+        // The fresh token itself refused within the cooldown: not served,
+        // and no renewal before the cooldown ends, whoever asks.
+        let a = l.on(invalidate("b"), at(7, 7), 0.0);
+        assert!(
+            matches!(
+                &a[..],
+                [Action::Refuse {
+                    retry_in: Some(4),
+                    ..
+                }]
+            ),
+            "{a:?}"
+        );
+        assert_eq!(l.serve(7), None);
+        assert!(matches!(
+            &l.on(REFRESH, at(8, 8), 0.0)[..],
+            [Action::Refuse { .. }]
+        ));
+        assert_eq!(l.next_attempt(), Some(11_000));
+        // After the cooldown the schedule renews.
+        assert_eq!(
+            l.on(Event::Tick, at(11, 11), 0.0),
+            vec![Action::Start(SCHEDULED)]
+        );
+    }
+
+    #[test]
+    fn scheduled_renewals_start_no_cooldown() {
+        let mut l = Lifecycle::new(TIMING, None, Health::default(), None, at(0, 0), 0.0);
+        l.on(Event::Tick, at(0, 0), 0.0);
+        finish(&mut l, Outcome::Token(tok("a", 0, 1000)), at(0, 0));
+        // The first INVALIDATE after a login is honoured.
+        assert_eq!(
+            l.on(invalidate("a"), at(1, 1), 0.0),
             vec![
-                Action::Start(Op::Renew { invalidate: false }),
-                Action::Await(3)
+                Action::Start(Op::Renew {
+                    invalidate: true,
+                    forced: true
+                }),
+                Action::Await(2)
             ]
+        );
+    }
+
+    #[test]
+    fn forced_renewals_wait_for_a_backoff_and_retry_after() {
+        let mut l = Lifecycle::new(
+            TIMING,
+            Some(tok("a", 0, 10_000)),
+            Health::default(),
+            None,
+            at(0, 0),
+            0.0,
+        );
+        l.on(REFRESH, at(1, 1), 0.0);
+        let busy = Outcome::Failed {
+            kind: ErrorKind::Transient,
+            message: "429".into(),
+            retry_after: Some(Duration::from_secs(3600)),
+        };
+        finish(&mut l, busy, at(1, 1));
+        for verb in [REFRESH, invalidate("a"), Event::Invalidate(None)] {
+            let a = l.on(verb, at(100, 100), 0.0);
+            assert!(
+                matches!(
+                    &a[..],
+                    [Action::Refuse {
+                        retry_in: Some(3501),
+                        ..
+                    }]
+                ),
+                "{a:?}"
+            );
+        }
+        assert_eq!(
+            l.on(Event::Tick, at(3601, 3601), 0.0),
+            vec![Action::Start(SCHEDULED)]
+        );
+    }
+
+    #[test]
+    fn logout_keeps_the_slow_retry_of_rejected_credentials() {
+        let mut l = Lifecycle::new(TIMING, None, Health::default(), None, at(0, 0), 0.0);
+        l.on(Event::Tick, at(0, 0), 0.0);
+        finish(&mut l, failed(ErrorKind::Rejected), at(0, 0));
+        l.on(Event::Logout, at(1, 1), 0.0);
+        finish(&mut l, Outcome::LoggedOut, at(1, 1));
+        assert_eq!(l.state(1), "logged_out");
+        assert!(l.health().rejected());
+        let a = l.on(Event::Refresh { admin: true }, at(2, 2), 0.0);
+        assert!(
+            matches!(
+                &a[..],
+                [Action::Refuse {
+                    retry_in: Some(58),
+                    ..
+                }]
+            ),
+            "{a:?}"
+        );
+        assert_eq!(
+            l.on(Event::Refresh { admin: true }, at(60, 60), 0.0),
+            vec![Action::Start(FORCED), Action::Await(3)]
         );
     }
 

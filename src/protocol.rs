@@ -3,13 +3,13 @@
 //!
 //! Wire format (docs/protocol.md is the contract):
 //! - The client writes one request per line: UTF-8, at most 1024 bytes
-//!   including the `\n`, words separated by spaces, the verb case-insensitive:
-//!   `TOKEN name`, `STATUS`, `REFRESH name`, `INVALIDATE name`, `LOGOUT name`,
-//!   `PING`.
+//!   including the `\n` (an `INVALIDATE` naming a token: 8 KiB), words
+//!   separated by spaces, the verb case-insensitive: `TOKEN name`, `STATUS`,
+//!   `REFRESH name`, `INVALIDATE name [token]`, `LOGOUT name`, `PING`.
 //! - Each request gets exactly one answer line: a JSON object with `"ok"`.
 //!   Success answers carry the verb's fields; failures are
 //!   `{"ok":false,"error":CODE,"message":"…"}` (plus `retry_in` seconds when
-//!   known), CODE one of `bad_request`, `unknown_provider`, `forbidden`,
+//!   known, and the provider's `state` for provider failures), CODE one of `bad_request`, `unknown_provider`, `forbidden`,
 //!   `no_token`, `refresh_failed`, `internal`.
 //! - A line longer than 1024 bytes gets `bad_request` and the connection is
 //!   closed; an idle connection is closed after 60 s.
@@ -21,6 +21,18 @@ use std::sync::Arc;
 
 /// The longest request line, newline included.
 pub const MAX_LINE: usize = 1024;
+/// The longest `INVALIDATE name token` line: room for a long JWT.
+pub const MAX_INVALIDATE_LINE: usize = 8 * 1024;
+
+/// The longest line allowed for a request starting with `start`.
+pub fn line_limit(start: &[u8]) -> usize {
+    const VERB: &[u8] = b"INVALIDATE ";
+    if start.len() >= VERB.len() && start[..VERB.len()].eq_ignore_ascii_case(VERB) {
+        MAX_INVALIDATE_LINE
+    } else {
+        MAX_LINE
+    }
+}
 
 /// One request; names borrow from the request line, so parsing allocates
 /// nothing (the server answers TOKEN without allocating).
@@ -29,7 +41,8 @@ pub enum Request<'a> {
     Token(&'a str),
     Status,
     Refresh(&'a str),
-    Invalidate(&'a str),
+    /// The provider, and the token the client saw refused, if it says.
+    Invalidate(&'a str, Option<&'a str>),
     Logout(&'a str),
     Ping,
 }
@@ -40,7 +53,7 @@ impl<'a> Request<'a> {
         match *self {
             Request::Token(n)
             | Request::Refresh(n)
-            | Request::Invalidate(n)
+            | Request::Invalidate(n, _)
             | Request::Logout(n) => Some(n),
             Request::Status | Request::Ping => None,
         }
@@ -55,8 +68,17 @@ pub fn parse<'a>(line: &'a [u8]) -> Result<Request<'a>, String> {
     let mut words = line.split(' ').filter(|w| !w.is_empty());
     let verb = words.next().ok_or("empty request")?;
     let arg = words.next();
+    // Only INVALIDATE takes a second argument: the token it saw refused.
+    let token = if verb.eq_ignore_ascii_case("INVALIDATE") {
+        words.next()
+    } else {
+        None
+    };
     if words.next().is_some() {
         return Err("too many words".to_owned());
+    }
+    if line.len() + 1 > line_limit(line.as_bytes()) {
+        return Err(format!("request line longer than {MAX_LINE} bytes"));
     }
     let name = |arg: Option<&'a str>| -> Result<&'a str, String> {
         let name =
@@ -77,7 +99,7 @@ pub fn parse<'a>(line: &'a [u8]) -> Result<Request<'a>, String> {
     } else if is("REFRESH") {
         name(arg).map(Request::Refresh)
     } else if is("INVALIDATE") {
-        name(arg).map(Request::Invalidate)
+        name(arg).map(|n| Request::Invalidate(n, token))
     } else if is("LOGOUT") {
         name(arg).map(Request::Logout)
     } else if is("STATUS") {
@@ -108,14 +130,29 @@ struct ErrorAnswer<'a> {
     message: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     retry_in: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state: Option<&'a str>,
 }
 
 pub fn error(code: ErrorCode, message: &str, retry_in: Option<u64>) -> String {
+    provider_error(code, message, retry_in, None)
+}
+
+/// A failure about one provider, with its state when known (`none`,
+/// `renewing`, `expired`: try later; `rejected`, `logged_out`: a person
+/// must act).
+pub fn provider_error(
+    code: ErrorCode,
+    message: &str,
+    retry_in: Option<u64>,
+    state: Option<&str>,
+) -> String {
     to_line(&ErrorAnswer {
         ok: false,
         error: code,
         message,
         retry_in,
+        state,
     })
 }
 
@@ -280,7 +317,16 @@ mod tests {
         assert_eq!(parse(b"TOKEN invoices"), Ok(Request::Token("invoices")));
         assert_eq!(parse(b"token  invoices\r"), Ok(Request::Token("invoices")));
         assert_eq!(parse(b"Refresh a"), Ok(Request::Refresh("a")));
-        assert_eq!(parse(b"INVALIDATE a"), Ok(Request::Invalidate("a")));
+        assert_eq!(parse(b"INVALIDATE a"), Ok(Request::Invalidate("a", None)));
+        assert_eq!(
+            parse(b"invalidate a eyJ.x-y_z"),
+            Ok(Request::Invalidate("a", Some("eyJ.x-y_z")))
+        );
+        assert!(parse(b"REFRESH a b").is_err());
+        let long = format!("INVALIDATE a {}", "x".repeat(4000));
+        assert!(parse(long.as_bytes()).is_ok());
+        let long = format!("TOKEN {}", "x".repeat(1100));
+        assert!(parse(long.as_bytes()).is_err());
         assert_eq!(parse(b"logout a"), Ok(Request::Logout("a")));
         assert_eq!(parse(b"status"), Ok(Request::Status));
         assert_eq!(parse(b"PING"), Ok(Request::Ping));

@@ -14,7 +14,7 @@
 //! attempt.
 
 use crate::clock::{self, Watch};
-use crate::config::{ProviderSettings, Settings};
+use crate::config::{Access, ProviderSettings, Settings};
 use crate::http::Http;
 use crate::lifecycle::{self, Action, Event, Lifecycle, Now, Op, Outcome, Timing};
 use crate::protocol::{self, ProviderStatus};
@@ -66,6 +66,10 @@ struct Table {
     /// The underlying error of `store_error`, for logging it once.
     store_cause: Option<String>,
     socket_group: Option<u32>,
+    /// Who may LOGOUT and log a provider back in: root and `admin_groups`.
+    admins: Access,
+    /// Connections one uid may hold open (`max_connections_per_uid`).
+    max_connections_per_uid: usize,
     next_generation: u64,
     clock: ClockState,
     /// Records the lifecycles asked to write again (after a clock jump),
@@ -102,18 +106,22 @@ struct Slot {
     life: Lifecycle,
 }
 
-/// Why a provider's token cannot be handed out.
+/// Why a provider's token cannot be handed out. `state` is the provider's
+/// (as STATUS names it), so a client can tell "try later" (`none`,
+/// `renewing`, `expired`) from "needs a person" (`rejected`, `logged_out`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenError {
     UnknownProvider,
     /// No valid token now; `retry_in` seconds when known.
     NoToken {
         retry_in: Option<u64>,
+        state: &'static str,
     },
-    /// A renewal the client asked for failed.
+    /// A renewal the client asked for failed, or was not made.
     RefreshFailed {
         message: String,
         retry_in: Option<u64>,
+        state: &'static str,
     },
 }
 
@@ -134,10 +142,18 @@ struct Job {
     clock_shifted: i64,
 }
 
+fn admins(settings: &Settings) -> Access {
+    Access {
+        uids: Vec::new(),
+        gids: settings.agent.admin_gids.clone(),
+    }
+}
+
 fn timing(p: &ProviderSettings) -> Timing {
     Timing {
         refresh_before: p.refresh_before,
         max_backoff: p.max_backoff,
+        cooldown: p.refresh_cooldown,
     }
 }
 
@@ -189,6 +205,8 @@ impl Scheduler {
             store_error: None,
             store_cause: None,
             socket_group: settings.agent.socket_group,
+            admins: admins(settings),
+            max_connections_per_uid: settings.agent.max_connections_per_uid,
             next_generation: 1,
             clock: ClockState {
                 watch: Watch::new(now_unix_ms(), origin),
@@ -679,6 +697,7 @@ impl Scheduler {
             if !slot.life.coming_before(until) || clock >= deadline {
                 return Err(TokenError::NoToken {
                     retry_in: slot.life.retry_in(now),
+                    state: slot.life.state(now.wall),
                 });
             }
             table = self
@@ -689,39 +708,69 @@ impl Scheduler {
         }
     }
 
-    /// REFRESH (`invalidate` false) or INVALIDATE (true): renew now and
-    /// answer with the outcome. Joins an attempt already in flight.
-    pub fn renew(self: &Arc<Self>, name: &str, invalidate: bool) -> Result<Served, TokenError> {
+    /// REFRESH or INVALIDATE (`event`): renew now and answer with the
+    /// outcome, or with the current token when the lifecycle says no
+    /// renewal is needed. Joins an attempt already in flight.
+    pub fn renew(self: &Arc<Self>, name: &str, event: Event) -> Result<Served, TokenError> {
         let mut table = self.lock();
         let slot = table.slots.get(name).ok_or(TokenError::UnknownProvider)?;
         let deadline = Instant::now() + slot.settings.timeout * 2 + Duration::from_secs(5);
-        let event = if invalidate {
-            Event::Invalidate
-        } else {
-            Event::Refresh
-        };
         let ticket = match self.apply(&mut table, name, event).into_iter().next() {
-            Some(Action::Await(ticket)) => ticket,
+            Some(Action::Await(ticket)) => Some(ticket),
+            Some(Action::Current) => None,
             Some(Action::Refuse { message, retry_in }) => {
-                return Err(TokenError::RefreshFailed { message, retry_in })
+                let state = table.state_of(name, self.now());
+                return Err(TokenError::RefreshFailed {
+                    message,
+                    retry_in,
+                    state,
+                });
             }
             _ => return Err(TokenError::UnknownProvider),
         };
-        let table = self.wait_for(table, name, ticket, deadline)?;
+        let table = match ticket {
+            Some(ticket) => self.wait_for(table, name, ticket, deadline)?,
+            None => table,
+        };
         let slot = table.slots.get(name).ok_or(TokenError::UnknownProvider)?;
         let now = self.now();
-        match slot.life.outcome_of(ticket) {
-            Some(Ok(())) => slot
-                .life
+        let state = slot.life.state(now.wall);
+        let served = || {
+            slot.life
                 .serve(now.wall)
                 .map(|(t, state)| (Arc::clone(t), state))
-                .ok_or(TokenError::NoToken { retry_in: None }),
-            Some(Err((message, retry_in))) => Err(TokenError::RefreshFailed { message, retry_in }),
+                .ok_or(TokenError::NoToken {
+                    retry_in: slot.life.retry_in(now),
+                    state,
+                })
+        };
+        let Some(ticket) = ticket else {
+            return served();
+        };
+        match slot.life.outcome_of(ticket) {
+            Some(Ok(())) => served(),
+            Some(Err((message, retry_in))) => Err(TokenError::RefreshFailed {
+                message,
+                retry_in,
+                state,
+            }),
             None => Err(TokenError::RefreshFailed {
                 message: "the renewal is taking longer than expected; it goes on".into(),
                 retry_in: slot.life.retry_in(now),
+                state,
             }),
         }
+    }
+
+    /// Whether `peer` may LOGOUT and log providers back in: root and
+    /// members of `[agent] admin_groups`.
+    pub fn is_admin(&self, peer: Option<&crate::sys::Peer>) -> bool {
+        peer.is_some_and(|p| self.lock().admins.allows(p))
+    }
+
+    /// Connections one uid may hold open.
+    pub fn max_connections_per_uid(&self) -> usize {
+        self.lock().max_connections_per_uid
     }
 
     /// LOGOUT: revoke where the kind can, forget the tokens, stay logged out
@@ -745,6 +794,7 @@ impl Scheduler {
             Err(TokenError::RefreshFailed {
                 message: "the logout is taking longer than expected; it goes on".into(),
                 retry_in: None,
+                state: slot.life.state(self.now().wall),
             })
         }
     }
@@ -772,15 +822,27 @@ impl Scheduler {
         }
     }
 
-    /// STATUS: every provider, no token values.
-    pub fn status(&self) -> String {
+    /// STATUS: every provider, no token values; a provider's `last_error`
+    /// only to callers allowed to use it (partner error text can say more
+    /// than a POS user of another provider should see).
+    pub fn status(&self, peer: Option<&crate::sys::Peer>) -> String {
         let mut table = self.lock();
         self.observe_clock(&mut table);
         let now = self.now();
         let providers: Vec<ProviderStatus> = table
             .slots
             .iter()
-            .map(|(name, slot)| slot.status(name, now))
+            .map(|(name, slot)| {
+                let mut status = slot.status(name, now);
+                let allowed = match &slot.settings.access {
+                    None => true,
+                    Some(access) => peer.is_some_and(|p| access.allows(p)),
+                };
+                if !allowed {
+                    status.last_error = None;
+                }
+                status
+            })
             .collect();
         protocol::status(
             &providers,
@@ -865,6 +927,8 @@ impl Scheduler {
         let removed_names: Vec<String> = removed.iter().map(|s| s.settings.name.clone()).collect();
         table.slots = fresh;
         table.socket_group = settings.agent.socket_group;
+        table.admins = admins(settings);
+        table.max_connections_per_uid = settings.agent.max_connections_per_uid;
         table.config_error = None;
         drop(table);
         self.cv.notify_all();
@@ -1048,6 +1112,13 @@ impl Table {
         log::info!("clock: trusted again ({why})");
         self.clock.untrusted = None;
         self.tell_all(Event::ClockTrusted { restore_stamps }, now);
+    }
+
+    /// The provider's state as STATUS names it (`none` when unknown).
+    fn state_of(&self, name: &str, now: Now) -> &'static str {
+        self.slots
+            .get(name)
+            .map_or("none", |s| s.life.state(now.wall))
     }
 
     /// A line for STATUS and systemd when the clock is not trusted.

@@ -6,8 +6,10 @@
 //! does not read its answers after 10 s.
 
 use crate::config::AgentSettings;
-use crate::protocol::{self, ErrorCode, Request, TokenAnswers, MAX_LINE};
+use crate::lifecycle::Event;
+use crate::protocol::{self, ErrorCode, Request, TokenAnswers, MAX_INVALIDATE_LINE};
 use crate::scheduler::{Scheduler, Served, TokenError, TOKEN_WAIT};
+use crate::secret::Secret;
 use crate::sys::{self, Peer};
 use crate::timefmt::now_unix;
 use std::io::{self, Read, Write};
@@ -24,7 +26,9 @@ use std::time::{Duration, Instant};
 /// `internal` and closed.
 pub const MAX_CONNECTIONS: usize = 256;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client that does not read its answers loses its connection after a
+/// write has blocked this long (its slot is freed for others).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Binds the agent's socket. A stale socket file is removed; a socket that
 /// still answers means another agent runs there, and is an error.
@@ -163,7 +167,10 @@ fn held_back(n: u64) -> String {
 
 /// The open connections. At the cap, the one that has waited longest for
 /// its next request is closed to make room: idle clients (or ones that
-/// trickle a byte now and then) cannot lock the others out.
+/// trickle a byte now and then) cannot lock the others out. Each uid may
+/// hold at most `max_connections_per_uid`; beyond that, and at the overall
+/// cap, the room comes from the uid holding the most, so that one POS user
+/// cannot lock out another.
 #[derive(Default)]
 struct Conns {
     next_id: u64,
@@ -174,31 +181,73 @@ struct Conns {
 
 struct Conn {
     id: u64,
+    /// The client's uid (`None` when the kernel could not say).
+    uid: Option<u32>,
     /// A handle to shut the connection down with.
     stream: UnixStream,
     waiting: Arc<AtomicU64>,
 }
 
 impl Conns {
-    /// Closes the connection that has waited longest for a request (not
-    /// one being answered); false when every connection is busy.
-    fn close_longest_waiting(&mut self) -> bool {
-        let victim = self
-            .list
+    /// Open connections of `uid` (closed ones whose thread has not ended
+    /// yet are not counted).
+    fn count(&self, uid: Option<u32>) -> usize {
+        self.list
             .iter()
+            .filter(|c| c.uid == uid && !c.closed())
+            .count()
+    }
+
+    /// Makes room for a connection from `uid`: when that uid is at its own
+    /// cap, by closing one of its connections; when everything is at the
+    /// overall cap, one of the uid holding the most. The one closed has
+    /// waited longest for a request; failing that (all busy), any of that
+    /// uid's: a client that does not read its answers holds a busy one.
+    /// `Ok(Some(why))` when one was closed, `Err` when none could be.
+    fn make_room(&mut self, uid: Option<u32>, per_uid: usize) -> Result<Option<&'static str>, ()> {
+        let from = if self.count(uid) >= per_uid {
+            uid
+        } else if self.list.iter().filter(|c| !c.closed()).count() >= MAX_CONNECTIONS {
+            let mut holders: Vec<Option<u32>> = self.list.iter().map(|c| c.uid).collect();
+            holders.sort();
+            holders.dedup();
+            let top = holders.into_iter().max_by_key(|u| self.count(*u));
+            match top {
+                Some(top) => top,
+                None => return Ok(None),
+            }
+        } else {
+            return Ok(None);
+        };
+        let theirs = || self.list.iter().filter(|c| c.uid == from && !c.closed());
+        let victim = theirs()
             .filter(|c| c.waiting.load(Ordering::SeqCst) != BUSY)
-            .min_by_key(|c| c.waiting.load(Ordering::SeqCst));
+            .min_by_key(|c| c.waiting.load(Ordering::SeqCst))
+            .or_else(|| theirs().next());
         match victim {
             Some(c) => {
-                // Its thread's read returns end of stream; the thread ends.
+                // Its thread's read (or blocked write) fails; the thread ends.
                 let _ = c.stream.shutdown(std::net::Shutdown::Both);
-                c.waiting.store(BUSY, Ordering::SeqCst);
-                true
+                c.waiting.store(CLOSED, Ordering::SeqCst);
+                Ok(Some(if from == uid {
+                    "one user's connections reached max_connections_per_uid"
+                } else {
+                    "all connections are in use"
+                }))
             }
-            None => false,
+            None => Err(()),
         }
     }
 }
+
+impl Conn {
+    fn closed(&self) -> bool {
+        self.waiting.load(Ordering::SeqCst) == CLOSED
+    }
+}
+
+/// `Conn::waiting` once the server has shut the connection down.
+const CLOSED: u64 = u64::MAX;
 
 /// `Conn::waiting` while a request is being answered.
 const BUSY: u64 = 0;
@@ -213,11 +262,20 @@ struct Waiting {
 impl Waiting {
     fn now(&self) {
         let ms = self.epoch.elapsed().as_millis() as u64 + 1;
-        self.waiting.store(ms, Ordering::Relaxed);
+        self.set(ms);
     }
 
     fn busy(&self) {
-        self.waiting.store(BUSY, Ordering::Relaxed);
+        self.set(BUSY);
+    }
+
+    /// Sets the state unless the server closed the connection.
+    fn set(&self, to: u64) {
+        let _ = self
+            .waiting
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |w| {
+                (w != CLOSED).then_some(to)
+            });
     }
 }
 
@@ -258,34 +316,33 @@ fn accept_loop(listener: UnixListener, scheduler: Arc<Scheduler>, stopping: Arc<
                 continue;
             }
         };
-        let full = {
-            let mut c = lock(&conns);
-            (c.list.len() >= MAX_CONNECTIONS).then(|| c.close_longest_waiting())
-        };
-        if let Some(made_room) = full {
-            if let Some(n) = full_log.check(Instant::now()) {
-                if made_room {
+        let uid = sys::peer(&stream).ok().map(|p| p.uid);
+        let per_uid = scheduler.max_connections_per_uid();
+        let room = lock(&conns).make_room(uid, per_uid);
+        match room {
+            Ok(None) => {}
+            Ok(Some(why)) => {
+                if let Some(n) = full_log.check(Instant::now()) {
                     log::warn!(
-                        "socket: {MAX_CONNECTIONS} connections open; closing the one idle \
-                         longest for each new one{}",
-                        held_back(n)
-                    );
-                } else {
-                    log::warn!(
-                        "socket: {MAX_CONNECTIONS} connections open, all busy; refusing \
-                         new ones{}",
+                        "socket: {why}; closing the connection of the user holding the most \
+                         that waited longest{}",
                         held_back(n)
                     );
                 }
             }
-            if !made_room {
+            Err(()) => {
+                if let Some(n) = full_log.check(Instant::now()) {
+                    log::warn!(
+                        "socket: connection caps reached ({MAX_CONNECTIONS} in all, \
+                         {per_uid} per user) and none could be closed; refusing new ones{}",
+                        held_back(n)
+                    );
+                }
                 let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
                 let line = protocol::error(ErrorCode::Internal, "too many connections", Some(1));
                 let _ = stream.write_all(format!("{line}\n").as_bytes());
                 continue;
             }
-            // The closed one's thread is ending: the list is over the cap
-            // for that moment only.
         }
         let Ok(handle) = stream.try_clone() else {
             continue;
@@ -297,6 +354,7 @@ fn accept_loop(listener: UnixListener, scheduler: Arc<Scheduler>, stopping: Arc<
             c.next_id += 1;
             c.list.push(Conn {
                 id,
+                uid,
                 stream: handle,
                 waiting: Arc::clone(&waiting),
             });
@@ -336,14 +394,18 @@ fn serve(mut stream: UnixStream, scheduler: &Arc<Scheduler>, waiting: &Waiting) 
         return;
     }
     let peer = sys::peer(&stream).ok();
-    let mut buf = [0u8; MAX_LINE];
+    let mut buf = [0u8; MAX_INVALIDATE_LINE];
     let mut len = 0;
     // Reused for every answer, so that after the first one a TOKEN answer
     // allocates nothing and its token is not serialised again.
     let mut out = Vec::with_capacity(512);
     let mut answers = TokenAnswers::default();
     loop {
+        let limit = protocol::line_limit(&buf[..len]);
         if let Some(pos) = buf[..len].iter().position(|&b| b == b'\n') {
+            if pos + 1 > limit {
+                break;
+            }
             waiting.busy();
             out.clear();
             respond_into(
@@ -362,17 +424,11 @@ fn serve(mut stream: UnixStream, scheduler: &Arc<Scheduler>, waiting: &Waiting) 
             len -= pos + 1;
             continue;
         }
-        if len == buf.len() {
-            let line = protocol::error(
-                ErrorCode::BadRequest,
-                "request line longer than 1024 bytes; closing",
-                None,
-            );
-            let _ = stream.write_all(format!("{line}\n").as_bytes());
-            return;
+        if len >= limit {
+            break;
         }
         waiting.now();
-        match stream.read(&mut buf[len..]) {
+        match stream.read(&mut buf[len..limit]) {
             Ok(0) => return,
             Ok(n) => len += n,
             // With a read timeout set, a stop and continue of the process
@@ -382,6 +438,13 @@ fn serve(mut stream: UnixStream, scheduler: &Arc<Scheduler>, waiting: &Waiting) 
             Err(_) => return,
         }
     }
+    // Past the limit without a newline: a bad request, and the end.
+    let line = protocol::error(
+        ErrorCode::BadRequest,
+        "request line longer than 1024 bytes; closing",
+        None,
+    );
+    let _ = stream.write_all(format!("{line}\n").as_bytes());
 }
 
 /// The answer line (without newline) to one request line.
@@ -435,10 +498,24 @@ fn respond_into(
     };
     match request {
         Request::Token(name) => token_answer(name, scheduler.token(name, TOKEN_WAIT)),
-        Request::Refresh(name) => token_answer(name, scheduler.renew(name, false)),
-        Request::Invalidate(name) => token_answer(name, scheduler.renew(name, true)),
+        Request::Refresh(name) => {
+            let admin = scheduler.is_admin(peer);
+            token_answer(name, scheduler.renew(name, Event::Refresh { admin }))
+        }
+        Request::Invalidate(name, seen) => {
+            let seen = seen.map(Secret::new);
+            token_answer(name, scheduler.renew(name, Event::Invalidate(seen)))
+        }
         Request::Ping => out.extend_from_slice(protocol::ping().as_bytes()),
-        Request::Status => out.extend_from_slice(scheduler.status().as_bytes()),
+        Request::Status => out.extend_from_slice(scheduler.status(peer).as_bytes()),
+        Request::Logout(name) if !scheduler.is_admin(peer) => {
+            let line = protocol::error(
+                ErrorCode::Forbidden,
+                &format!("LOGOUT {name} is for root and members of [agent] admin_groups"),
+                None,
+            );
+            out.extend_from_slice(line.as_bytes());
+        }
         Request::Logout(name) => {
             let line = match scheduler.logout(name) {
                 Ok(()) => protocol::logged_out(name),
@@ -460,14 +537,25 @@ fn unknown(name: &str) -> String {
 fn token_error(name: &str, e: TokenError) -> String {
     match e {
         TokenError::UnknownProvider => unknown(name),
-        TokenError::NoToken { retry_in } => protocol::error(
+        TokenError::NoToken { retry_in, state } => protocol::provider_error(
             ErrorCode::NoToken,
-            &format!("no valid token for {name} now"),
+            &match state {
+                "rejected" => format!(
+                    "no valid token for {name}: the partner rejects the configured credentials"
+                ),
+                "logged_out" => format!(
+                    "no valid token for {name}: logged out; an administrator's REFRESH logs it back in"
+                ),
+                _ => format!("no valid token for {name} now"),
+            },
             retry_in,
+            Some(state),
         ),
-        TokenError::RefreshFailed { message, retry_in } => {
-            protocol::error(ErrorCode::RefreshFailed, &message, retry_in)
-        }
+        TokenError::RefreshFailed {
+            message,
+            retry_in,
+            state,
+        } => protocol::provider_error(ErrorCode::RefreshFailed, &message, retry_in, Some(state)),
     }
 }
 

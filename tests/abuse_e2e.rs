@@ -129,7 +129,9 @@ fn a_misbehaving_pos_cannot_lock_others_out() {
             "{rss_before} -> {rss_after} KiB"
         );
     }
-    assert!(agent.log_text().contains("connections open"));
+    assert!(agent
+        .log_text()
+        .contains("closing the connection of the user"));
     let (a, _) = timed_token(&agent);
     assert_eq!(a["ok"], true);
 }

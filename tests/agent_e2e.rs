@@ -139,13 +139,64 @@ fn refresh_and_invalidate_answer_with_a_new_token() {
     let refreshed = agent.ask("REFRESH makeleaps");
     assert_eq!(refreshed["ok"], true, "{refreshed}");
     assert_ne!(refreshed["access_token"], first["access_token"]);
-    let invalidated = agent.ask("INVALIDATE makeleaps");
-    assert_eq!(invalidated["ok"], true, "{invalidated}");
-    assert_ne!(invalidated["access_token"], refreshed["access_token"]);
     assert_eq!(
         agent.ask("TOKEN makeleaps")["access_token"],
-        invalidated["access_token"]
+        refreshed["access_token"]
     );
+    assert_eq!(partners.count(Kind::MakeLeaps), 2);
+}
+
+/// INVALIDATE naming the token it saw refused, as two POS processes sharing
+/// a token send it; and the cooldown after a forced renewal.
+#[test]
+fn invalidate_names_the_refused_token_and_storms_cost_one_request() {
+    let (_dir, partners, agent) = all_kinds("invalidate-token");
+    // After a scheduled login the first INVALIDATE is honoured.
+    let first = agent.wait_token("makeleaps")["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let renewed = agent.ask(&format!("INVALIDATE makeleaps {first}"));
+    assert_eq!(renewed["ok"], true, "{renewed}");
+    let second = renewed["access_token"].as_str().unwrap().to_owned();
+    assert_ne!(second, first);
+    assert_eq!(partners.count(Kind::MakeLeaps), 2);
+    // The second POS process's INVALIDATE of the same (old) token: the new
+    // one at once, no request. And a storm of REFRESH and token-less
+    // INVALIDATE within the cooldown (10 s): the same, no request.
+    let mut c = agent.client();
+    let late = c.ask(&format!("INVALIDATE makeleaps {first}"));
+    assert_eq!(late["access_token"], second.as_str(), "{late}");
+    for i in 0..50 {
+        let verb = ["REFRESH makeleaps", "INVALIDATE makeleaps"][i % 2];
+        let a = c.ask(verb);
+        assert_eq!(a["access_token"], second.as_str(), "{verb}: {a}");
+    }
+    assert_eq!(
+        partners.count(Kind::MakeLeaps),
+        2,
+        "the storm reached the partner"
+    );
+    // The fresh token itself refused within the cooldown: a partner that
+    // refuses every fresh token is not looped. It is not served again.
+    let refused = c.ask(&format!("INVALIDATE makeleaps {second}"));
+    assert_eq!(refused["error"], "refresh_failed", "{refused}");
+    assert!(
+        refused["retry_in"].as_u64().is_some_and(|n| n <= 10),
+        "{refused}"
+    );
+    let t = c.ask("TOKEN makeleaps");
+    assert_eq!(t["error"], "no_token", "{t}");
+    assert_eq!(t["state"], "none", "{t}");
+    assert!(t["retry_in"].is_u64(), "{t}");
+    for verb in ["REFRESH makeleaps", "INVALIDATE makeleaps"] {
+        let a = c.ask(verb);
+        assert_eq!(a["error"], "refresh_failed", "{verb}: {a}");
+    }
+    assert_eq!(partners.count(Kind::MakeLeaps), 2);
+    // After the cooldown the agent renews by itself.
+    let third = agent.wait_token("makeleaps");
+    assert_ne!(third["access_token"], second.as_str());
     assert_eq!(partners.count(Kind::MakeLeaps), 3);
 }
 

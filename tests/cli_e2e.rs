@@ -93,7 +93,8 @@ fn world_readable_config_with_inline_secret_is_refused() {
 fn client_commands_and_their_exit_codes() {
     let dir = TempDir::new("cli");
     let partners = standin();
-    write_config(&dir, &config_text(&dir, "", &partners.providers_toml()));
+    let providers = format!("{NO_COOLDOWN}\n{}", partners.providers_toml());
+    write_config(&dir, &config_text(&dir, "", &providers));
     let agent = Agent::start(&dir);
     let expected = agent.wait_token("makeleaps")["access_token"].clone();
 
@@ -156,10 +157,23 @@ fn client_commands_and_their_exit_codes() {
     assert_eq!(exit_code(&out), 75, "{}", stdout(&out));
     assert!(stdout(&out).contains("carrental: failed"));
 
+    // No token now, try later: 75. Logged out (a person must act): 77; the
+    // whole answer on stdout with --json, saying so.
+    let out = agent.cli(&["token", "carrental", "--json"]);
+    let (code, answer) = (exit_code(&out), stdout(&out));
+    if answer.contains("\"ok\":false") {
+        assert_eq!(code, 75, "{answer}");
+        assert!(answer.contains("\"state\":\"none\""), "{answer}");
+    }
     let out = agent.cli(&["logout", "makeleaps"]);
     assert_eq!(exit_code(&out), 0);
-    let out = agent.cli(&["token", "makeleaps"]);
-    assert_eq!(exit_code(&out), 75, "no token now: try later");
+    let out = agent.cli(&["token", "makeleaps", "--json"]);
+    assert_eq!(exit_code(&out), 77, "logged out: an administrator must act");
+    assert!(
+        stdout(&out).contains("\"state\":\"logged_out\""),
+        "{}",
+        stdout(&out)
+    );
 
     let out = agent.cli(&["frobnicate"]);
     assert_eq!(exit_code(&out), 64);

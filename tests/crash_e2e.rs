@@ -31,7 +31,9 @@ fn kill_9_during_renewals_never_loses_or_corrupts_a_token() {
             file.display().to_string()
         ),
     );
-    let text = format!("[defaults]\ntimeout = \"2s\"\nmax_backoff = \"2s\"\n\n{providers}");
+    let text = format!(
+        "[defaults]\ntimeout = \"2s\"\nmax_backoff = \"2s\"\nrefresh_cooldown = \"0s\"\n\n{providers}"
+    );
     write_config(&dir, &config_text(&dir, "", &text));
     let mut agent = Agent::start(&dir);
     let served = Arc::new(Mutex::new(HashMap::new()));

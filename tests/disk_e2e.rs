@@ -105,7 +105,8 @@ fn a_full_or_read_only_disk_keeps_tokens_in_memory_and_catches_up() {
         return;
     };
     let partners = standin();
-    write_config(&dir, &config_text(&dir, "", &partners.providers_toml()));
+    let providers = format!("{NO_COOLDOWN}\n{}", partners.providers_toml());
+    write_config(&dir, &config_text(&dir, "", &providers));
     let mut agent = Agent::start(&dir);
     agent.wait_token("makeleaps");
     assert_eq!(store_error(&agent), None);

@@ -15,7 +15,7 @@ fn running(tag: &str) -> (TempDir, Standin, Agent) {
         &dir,
         "",
         &format!(
-            "[defaults]\ntimeout = \"2s\"\nmax_backoff = \"2s\"\n\n{}",
+            "[defaults]\ntimeout = \"2s\"\nmax_backoff = \"2s\"\nrefresh_cooldown = \"0s\"\n\n{}",
             partners.providers_toml()
         ),
     );
@@ -27,7 +27,7 @@ fn running(tag: &str) -> (TempDir, Standin, Agent) {
 #[test]
 fn bad_partner_answers_keep_the_old_token_and_are_classified() {
     let (_dir, partners, agent) = running("badanswers");
-    let good = agent.wait_token("makeleaps")["access_token"].clone();
+    let mut good = agent.wait_token("makeleaps")["access_token"].clone();
     let cases: Vec<(Mode, &str)> = vec![
         (Mode::Body("<html>oops</html>".into()), "bad_response"),
         (Mode::Body(String::new()), "bad_response"),
@@ -54,6 +54,7 @@ fn bad_partner_answers_keep_the_old_token_and_are_classified() {
     for (mode, class) in cases {
         let label = format!("{mode:?}");
         let label = &label[..label.len().min(60)];
+        good = healthy(&agent, &partners, Kind::MakeLeaps, "makeleaps")["access_token"].clone();
         partners.set_mode(Kind::MakeLeaps, mode);
         let a = agent.ask("REFRESH makeleaps");
         assert_eq!(a["ok"], false, "{label}: {a}");
@@ -255,7 +256,8 @@ fn a_partner_over_https_with_a_private_ca() {
 fn no_secret_or_token_reaches_the_log() {
     let dir = TempDir::new("leak");
     let partners = standin_with_lifetime(Duration::from_secs(4));
-    write_config(&dir, &config_text(&dir, "", &partners.providers_toml()));
+    let providers = format!("{NO_COOLDOWN}\n{}", partners.providers_toml());
+    write_config(&dir, &config_text(&dir, "", &providers));
     let mut agent = Agent::start(&dir);
     // A full run: logins, renewals, every verb, a failure, a reload, a stop.
     for name in PROVIDERS {
@@ -373,10 +375,17 @@ fn token_latency_during(
     busy: impl FnOnce() + Send,
 ) -> Duration {
     let done = std::sync::atomic::AtomicBool::new(false);
+    /// Ends the measuring loop also when `busy` panics (its assertion fails).
+    struct Done<'a>(&'a std::sync::atomic::AtomicBool);
+    impl Drop for Done<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
     std::thread::scope(|s| {
         s.spawn(|| {
+            let _done = Done(&done);
             busy();
-            done.store(true, std::sync::atomic::Ordering::SeqCst);
         });
         let mut worst = Duration::ZERO;
         let mut asked = 0;
@@ -395,7 +404,7 @@ fn token_latency_during(
 #[test]
 fn network_faults_keep_the_agent_responsive_and_recover() {
     let (_dir, partners, agent) = running("netfaults");
-    let good = agent.wait_token("makeleaps");
+    let mut good = agent.wait_token("makeleaps");
     let cases: Vec<(&str, Mode, &str)> = vec![
         ("blackholed", Mode::Hang, "transient"),
         (
@@ -422,6 +431,7 @@ fn network_faults_keep_the_agent_responsive_and_recover() {
     ];
     let mut report = Vec::new();
     for (label, mode, class) in cases {
+        good = healthy(&agent, &partners, Kind::MakeLeaps, "makeleaps");
         partners.set_mode(Kind::MakeLeaps, mode);
         let worst = token_latency_during(&agent, "makeleaps", &good, || {
             let a = agent.ask("REFRESH makeleaps");

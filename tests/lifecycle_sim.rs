@@ -114,6 +114,11 @@ struct Sim {
     /// (token number, real expiry, epoch) of the installed token.
     watch: Option<(usize, i64, u64)>,
     logged_out: bool,
+    /// When a forced renewal last succeeded (its token current): no forced
+    /// attempt within the cooldown after it.
+    forced_ok: Option<i64>,
+    /// Until when a failure's backoff runs (real ms): no forced attempt.
+    backoff_until: Option<i64>,
     steps: u64,
     /// The last events, kept only when replaying a failure (formatting
     /// every event would make the runs several times slower).
@@ -130,6 +135,7 @@ impl Sim {
         let timing = Timing {
             refresh_before: Duration::from_secs([60, 300, 900][rng.below(3) as usize]),
             max_backoff: Duration::from_secs([30, 300, 900][rng.below(3) as usize]),
+            cooldown: Duration::from_secs([0, 10, 60][rng.below(3) as usize]),
         };
         let lifetime_s = [300, 900, 3600, 7200][rng.below(4) as usize];
         let persist = !rng.chance(0.1);
@@ -168,6 +174,8 @@ impl Sim {
             epoch: 0,
             watch: None,
             logged_out: false,
+            forced_ok: None,
+            backoff_until: None,
             steps: 0,
             log: None,
         }
@@ -193,6 +201,7 @@ impl Sim {
         let now = self.now();
         let draw = self.rng.unit();
         self.note(|| format!("{event:?}"));
+        let admin_refresh = event == Event::Refresh { admin: true };
         let actions = self.life.on(event, now, draw);
         for a in &actions {
             if let Action::Save { token, health } = a {
@@ -203,11 +212,28 @@ impl Sim {
                     self.attempt.is_none() && !self.persisting,
                     "a second attempt started while one was under way"
                 );
-                if matches!(op, Op::Renew { .. }) {
+                if let Op::Renew { forced, .. } = op {
                     assert!(
-                        !self.logged_out,
-                        "a logged-out provider started a renewal without REFRESH"
+                        !self.logged_out || admin_refresh,
+                        "a logged-out provider started a renewal without an administrator's REFRESH"
                     );
+                    if *forced {
+                        let cooldown = self.timing.cooldown.as_millis() as i64;
+                        if let Some(t) = self.forced_ok {
+                            assert!(
+                                self.real >= t + cooldown,
+                                "a forced attempt {} ms after a forced renewal (cooldown {cooldown} ms)",
+                                self.real - t
+                            );
+                        }
+                        if let Some(t) = self.backoff_until {
+                            assert!(
+                                self.real >= t,
+                                "a forced attempt {} ms before the backoff ended",
+                                t - self.real
+                            );
+                        }
+                    }
                     if self.partner == Partner::Reject {
                         self.rejected_since.get_or_insert(self.real);
                         self.rejected_attempts.push(self.real);
@@ -262,11 +288,25 @@ impl Sim {
         }
         self.persisting = false;
         self.on(Event::Persisted);
-        if self.life.health().logged_out {
-            self.logged_out = true;
+        self.logged_out = self.life.health().logged_out;
+        if self.logged_out {
             self.watch = None;
+            self.forced_ok = None;
             self.revoked_below = self.issued.len();
-            self.reset_rejected();
+        }
+        match (&new, a.op) {
+            (Some(_), Op::Renew { forced: true, .. }) => {
+                self.forced_ok = Some(self.real);
+                self.backoff_until = None;
+            }
+            (Some(_), _) => {
+                self.forced_ok = None;
+                self.backoff_until = None;
+            }
+            (None, Op::Renew { .. }) => {
+                self.backoff_until = self.life.next_attempt().map(|m| self.boot + m as i64);
+            }
+            (None, Op::Logout) => {}
         }
         if let (Some(t), Some(n)) = (self.life.token(), new) {
             // This attempt installed a new token: watch it.
@@ -323,20 +363,42 @@ impl Sim {
                 self.serve("TOKEN");
             }
             70..=84 => {
-                // REFRESH is the way back from LOGOUT.
-                self.logged_out = false;
-                let actions = self.on(Event::Refresh);
+                // An administrator's REFRESH is the way back from LOGOUT.
+                let admin = self.rng.chance(0.2);
+                let actions = self.on(Event::Refresh { admin });
                 if actions.iter().any(|a| matches!(a, Action::Start(_))) {
                     self.epoch += 1;
                 }
             }
             85..=97 => {
-                // The POS saw the token it was served refused.
-                if let Some(n) = self.serve("before INVALIDATE") {
-                    self.invalidated.insert(n);
-                }
+                // The POS saw a token it was served refused: the last one,
+                // sometimes an older one (a second POS process late), named
+                // or not.
+                let seen = match self.last_served {
+                    Some(n) if n > 0 && self.rng.chance(0.2) => Some(n - 1),
+                    other => other,
+                };
+                let named = self.rng.chance(0.6);
                 self.epoch += 1;
-                self.on(Event::Invalidate);
+                let event =
+                    Event::Invalidate(seen.filter(|_| named).map(|n| Secret::new(format!("T{n}"))));
+                let current = self.life.serve(self.now().wall).map(|(t, _)| number(t));
+                let actions = self.on(event);
+                // What the agent took as refused is never served again: the
+                // named token, or (unnamed, unless answered with the current
+                // one) the current one.
+                match (named, seen, &actions[..]) {
+                    (true, Some(n), _) => {
+                        self.invalidated.insert(n);
+                    }
+                    (false, _, [Action::Current]) => {}
+                    (false, _, _) => {
+                        if let Some(c) = current {
+                            self.invalidated.insert(c);
+                        }
+                    }
+                    _ => {}
+                }
             }
             _ => {
                 self.epoch += 1;
@@ -352,6 +414,8 @@ impl Sim {
 
     fn restart(&mut self) {
         self.epoch += 1;
+        self.forced_ok = None;
+        self.backoff_until = None;
         self.attempt = None;
         self.persisting = false;
         self.reset_rejected();
@@ -431,6 +495,9 @@ impl Sim {
             }
             6 => {
                 self.timing.refresh_before = Duration::from_secs(30 + self.rng.below(900));
+                self.timing.cooldown = Duration::from_secs([0, 10, 60][self.rng.below(3) as usize]);
+                // A cooldown changed by the reload starts afresh.
+                self.forced_ok = None;
                 self.on(Event::Retimed(self.timing));
             }
             7 => {
@@ -439,6 +506,8 @@ impl Sim {
                 self.note(|| "reload (changed account)".into());
                 // The old account's tokens are not this provider's any more.
                 self.revoked_below = self.issued.len();
+                self.forced_ok = None;
+                self.backoff_until = None;
                 self.reset_rejected();
                 self.logged_out = false;
                 self.attempt = None;

@@ -280,7 +280,7 @@ fn power_cut_during_renewals_never_loses_a_served_token() {
     );
     // The socket stays off the card; the state and the token file are on it.
     let text = format!(
-        "[agent]\nsocket = {:?}\nstate_dir = {:?}\n\n[defaults]\ntimeout = \"2s\"\nmax_backoff = \"2s\"\n\n{providers}",
+        "[agent]\nsocket = {:?}\nstate_dir = {:?}\n\n[defaults]\ntimeout = \"2s\"\nmax_backoff = \"2s\"\nrefresh_cooldown = \"0s\"\n\n{providers}",
         dir.join("agent.sock").display().to_string(),
         mnt.join("state").display().to_string(),
     );

@@ -101,6 +101,10 @@ pub fn standin_with_lifetime(lifetime: Duration) -> Standin {
     .unwrap()
 }
 
+/// `[defaults]` for tests that renew again and again with REFRESH: no
+/// cooldown (each REFRESH asks the partner unless a backoff runs).
+pub const NO_COOLDOWN: &str = "[defaults]\nrefresh_cooldown = \"0s\"\n";
+
 /// A config for an agent in `dir` with `providers` TOML appended.
 pub fn config_text(dir: &TempDir, extra_agent: &str, providers: &str) -> String {
     format!(
@@ -324,6 +328,24 @@ pub fn stdout(out: &std::process::Output) -> String {
 
 pub fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Lets the partner answer normally until the provider is healthy again
+/// (no failure pending, so no backoff: the next REFRESH goes to the partner
+/// at once) and returns the token it then serves. Tests that go through
+/// failure after failure use it between two: a forced renewal waits for the
+/// backoff of the failure before.
+pub fn healthy(
+    agent: &Agent,
+    partners: &shop_auth_agent::standin::Standin,
+    kind: shop_auth_agent::standin::Kind,
+    name: &str,
+) -> Value {
+    partners.set_mode(kind, shop_auth_agent::standin::Mode::Normal);
+    agent.wait_status(name, "a renewal after the failures", |p| {
+        p["failures"] == 0 && p["state"] == "fresh"
+    });
+    agent.wait_token(name)
 }
 
 /// Asks for renewals of every provider in turn until the agent dies or
