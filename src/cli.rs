@@ -109,8 +109,8 @@ pub fn main(program: &str, args: impl IntoIterator<Item = OsString>) -> i32 {
     }
     let words: Vec<&str> = args.words.iter().map(String::as_str).collect();
     let command = words.first().copied().unwrap_or("");
-    if args.json && !matches!(command, "token" | "status") {
-        return usage_error("--json goes with token or status");
+    if args.json && !matches!(command, "token" | "status" | "refresh") {
+        return usage_error("--json goes with token, status or refresh");
     }
     if args.all && command != "refresh" {
         return usage_error("--all goes with refresh");

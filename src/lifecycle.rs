@@ -406,10 +406,13 @@ impl Lifecycle {
                     // The partner refuses the token a forced renewal gave
                     // moments ago: renewing again at once would loop.
                     let until = self.forced_ok_at.unwrap_or(now.mono) + ms(self.timing.cooldown);
-                    self.activity = Activity::Idle { next: Some(until) };
+                    // Not before the cooldown ends, nor before a backoff
+                    // already planned (rejected credentials wait longer).
+                    let next = self.backoff_until.map_or(until, |b| b.max(until));
+                    self.activity = Activity::Idle { next: Some(next) };
                     // Nor at a REFRESH: INVALIDATE, REFRESH, INVALIDATE, …
                     // would still be a loop at the partner.
-                    self.backoff_until = Some(until);
+                    self.backoff_until = Some(next);
                     return vec![Action::Refuse {
                         message: format!(
                             "the partner refused the token of a renewal {}s ago; not renewing \

@@ -29,6 +29,8 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// A client that does not read its answers loses its connection after a
 /// write has blocked this long (its slot is freed for others).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Bytes of answers a connection may have unread (see `serve`).
+const SEND_BUFFER: usize = 8 * 1024;
 
 /// Binds the agent's socket. A stale socket file is removed; a socket that
 /// still answers means another agent runs there, and is an error.
@@ -393,6 +395,11 @@ fn serve(mut stream: UnixStream, scheduler: &Arc<Scheduler>, waiting: &Waiting) 
     {
         return;
     }
+    // A client that pipelines requests without reading the answers gets
+    // only this much answered ahead (a few dozen answers), not the
+    // default ~200 KiB: the CPU a non-reader can make the agent spend is
+    // small, and it blocks (then is dropped) soon.
+    let _ = sys::set_send_buffer(&stream, SEND_BUFFER);
     let peer = sys::peer(&stream).ok();
     let mut buf = [0u8; MAX_INVALIDATE_LINE];
     let mut len = 0;

@@ -139,6 +139,28 @@ pub fn set_group(path: &std::path::Path, gid: u32) -> io::Result<()> {
     std::os::unix::fs::chown(path, None, Some(gid))
 }
 
+/// Sets the socket's send buffer (`SO_SNDBUF`; the kernel doubles it and
+/// applies its minimum).
+pub fn set_send_buffer(stream: &UnixStream, bytes: usize) -> io::Result<()> {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: setsockopt on a descriptor we own, with a pointer to a local
+    // c_int and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Whether another open file description holds a `flock` on `file` (as
 /// sled does on its data file while a database is open). Probes with a
 /// non-blocking exclusive lock, released again when this returns.

@@ -399,6 +399,10 @@ impl Sim {
                     }
                     _ => {}
                 }
+                // And the client no longer wants the one it saw refused.
+                if let Some(n) = seen {
+                    self.invalidated.insert(n);
+                }
             }
             _ => {
                 self.epoch += 1;

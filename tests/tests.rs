@@ -7,6 +7,7 @@ mod util;
 mod abuse_e2e;
 mod agent_e2e;
 mod cli_e2e;
+mod clients_e2e;
 mod clock_e2e;
 mod crash_e2e;
 mod disk_e2e;

@@ -1,0 +1,242 @@
+//! Local users as an attacker on a shop terminal would be: the agent's CLI
+//! run as other uids (root starts it with setuid, so these tests need root
+//! and skip otherwise), storms of client requests, and connections that
+//! never read. What is checked is what the partner sees (requests counted
+//! by the stand-in) and what other users get.
+
+use crate::util::*;
+use serde_json::Value;
+use shop_auth_agent::standin::{Kind, Mode, Standin};
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::time::{Duration, Instant};
+
+/// A POS user in the provider's allow list, and one who is not.
+const POS1: u32 = 4243;
+const POS2: u32 = 4242;
+
+fn root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// An agent whose socket any local user can open; `makeleaps` is for POS1
+/// only, the others are open to all. Root (this test) is the administrator.
+fn shop(tag: &str, agent_extra: &str) -> (TempDir, Standin, Agent) {
+    let dir = TempDir::new(tag);
+    let partners = standin();
+    let providers = partners.providers_toml().replace(
+        "[providers.makeleaps]\n",
+        &format!("[providers.makeleaps]\nallow_uids = [{POS1}]\n"),
+    );
+    let text = config_text(
+        &dir,
+        &format!("socket_mode = \"0666\"\n{agent_extra}"),
+        &format!("[defaults]\ntimeout = \"2s\"\n\n{providers}"),
+    );
+    write_config(&dir, &text);
+    let agent = Agent::start(&dir);
+    (dir, partners, agent)
+}
+
+/// The agent's CLI run as `uid` (and that gid).
+fn as_user(agent: &Agent, uid: u32, args: &[&str]) -> (i32, Value) {
+    let out = bin()
+        .args(args)
+        .env("SHOP_AUTH_AGENT_SOCKET", &agent.socket)
+        .env_remove("SHOP_AUTH_AGENT_CONFIG")
+        .uid(uid)
+        .gid(uid)
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    let json = serde_json::from_str(text.trim()).unwrap_or(Value::String(text));
+    (exit_code(&out), json)
+}
+
+/// One request as `uid`, through `token --json` or `status --json`.
+fn token_as(agent: &Agent, uid: u32, name: &str) -> (i32, Value) {
+    as_user(agent, uid, &["token", name, "--json"])
+}
+
+#[test]
+fn logout_is_for_administrators_and_survives_no_storm() {
+    if !root() {
+        println!("SKIP: running the CLI as other users needs root");
+        return;
+    }
+    let (_dir, partners, agent) = shop("admin", "");
+    agent.wait_token("oauth2");
+    // A POS user cannot log everyone out.
+    let (code, _) = as_user(&agent, POS2, &["logout", "oauth2"]);
+    assert_eq!(code, 77, "forbidden");
+    let (code, t) = token_as(&agent, POS2, "oauth2");
+    assert_eq!(code, 0, "{t}");
+    // The administrator can; then TOKEN says a person must act (77).
+    assert_eq!(agent.ask("LOGOUT oauth2")["ok"], true);
+    let (code, t) = token_as(&agent, POS2, "oauth2");
+    assert_eq!((code, t["state"].as_str()), (77, Some("logged_out")), "{t}");
+    // Neither a POS user's REFRESH nor INVALIDATE logs it back in.
+    let before = partners.count(Kind::OAuth2);
+    let (code, r) = as_user(&agent, POS2, &["refresh", "oauth2", "--json"]);
+    assert_eq!(code, 77, "{r}");
+    assert_eq!(agent.ask("INVALIDATE oauth2")["error"], "refresh_failed");
+    assert_eq!(partners.count(Kind::OAuth2), before);
+    // The administrator's REFRESH does.
+    let r = agent.ask("REFRESH oauth2");
+    assert_eq!(r["ok"], true, "{r}");
+
+    // Rejected credentials: LOGOUT and REFRESH, again and again, by the
+    // administrator even, do not reach the partner before the slow retry.
+    partners.set_mode(Kind::Carrental, Mode::Reject);
+    let failed = agent.ask("INVALIDATE carrental");
+    assert_eq!(failed["error"], "refresh_failed", "{failed}");
+    let rejected = partners.count(Kind::Carrental);
+    let mut c = agent.client();
+    for _ in 0..20 {
+        c.ask("LOGOUT carrental");
+        let a = c.ask("REFRESH carrental");
+        assert_eq!(a["error"], "refresh_failed", "{a}");
+    }
+    assert_eq!(
+        partners.count(Kind::Carrental),
+        rejected,
+        "LOGOUT lifted the slow retry"
+    );
+    let (code, t) = token_as(&agent, POS2, "carrental");
+    assert_eq!((code, t["state"].as_str()), (77, Some("logged_out")), "{t}");
+}
+
+#[test]
+fn forced_renewal_storms_cost_at_most_one_partner_request() {
+    if !root() {
+        println!("SKIP: running the CLI as other users needs root");
+        return;
+    }
+    let (_dir, partners, agent) = shop("storms", "");
+    for name in ["oauth2", "autovit", "carrental"] {
+        agent.wait_token(name);
+    }
+    let mut counts = Vec::new();
+    // Healthy partner: 50 REFRESH.
+    let before = partners.count(Kind::OAuth2);
+    let mut c = agent.client();
+    for _ in 0..50 {
+        assert_eq!(c.ask("REFRESH oauth2")["ok"], true);
+    }
+    counts.push(("50 REFRESH, healthy", partners.count(Kind::OAuth2) - before));
+    // 429 with Retry-After: 3600: 20 REFRESH.
+    partners.set_mode(
+        Kind::Autovit,
+        Mode::Status {
+            status: 429,
+            body: "{}".into(),
+            retry_after: Some(3600),
+        },
+    );
+    let before = partners.count(Kind::Autovit);
+    for _ in 0..20 {
+        c.ask("REFRESH autovit");
+    }
+    counts.push((
+        "20 REFRESH, 429 Retry-After 3600",
+        partners.count(Kind::Autovit) - before,
+    ));
+    // 500: 20 INVALIDATE by a user of the socket; the token stays served
+    // for the others (it was never named as refused).
+    partners.set_mode(
+        Kind::Carrental,
+        Mode::Status {
+            status: 500,
+            body: "{}".into(),
+            retry_after: None,
+        },
+    );
+    let before = partners.count(Kind::Carrental);
+    for _ in 0..20 {
+        as_user(&agent, POS2, &["refresh", "carrental"]);
+    }
+    counts.push((
+        "20 REFRESH by a POS user, 500",
+        partners.count(Kind::Carrental) - before,
+    ));
+    println!("storms: partner requests: {counts:?}");
+    for (storm, n) in &counts {
+        assert!(*n <= 1, "{storm}: {n} partner requests");
+    }
+    let (code, t) = token_as(&agent, POS1, "carrental");
+    assert_eq!(code, 0, "the others still get the token: {t}");
+}
+
+#[test]
+fn status_shows_errors_only_to_those_allowed_and_rejected_exits_78() {
+    if !root() {
+        println!("SKIP: running the CLI as other users needs root");
+        return;
+    }
+    let (_dir, partners, agent) = shop("status-filter", "");
+    agent.wait_token("makeleaps");
+    partners.set_mode(Kind::MakeLeaps, Mode::Reject);
+    // Only the administrator may bring it to a renewal now.
+    let a = agent.ask("INVALIDATE makeleaps");
+    assert_eq!(a["error"], "refresh_failed", "{a}");
+    let error_seen_by = |uid: u32| -> Value {
+        let (code, s) = as_user(&agent, uid, &["status", "--json"]);
+        assert_eq!(code, 0, "{s}");
+        s["providers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["provider"] == "makeleaps")
+            .unwrap()["last_error"]
+            .clone()
+    };
+    assert!(error_seen_by(POS1).is_string(), "allowed: sees it");
+    assert!(error_seen_by(POS2).is_null(), "not allowed: does not");
+    let (code, t) = token_as(&agent, POS1, "makeleaps");
+    assert_eq!(code, 78, "credentials rejected: a person must act: {t}");
+    assert_eq!(t["state"], "rejected");
+}
+
+#[test]
+fn connections_that_never_read_do_not_lock_out_another_user() {
+    if !root() {
+        println!("SKIP: running the CLI as other users needs root");
+        return;
+    }
+    let (_dir, _partners, agent) = shop("fair", "");
+    agent.wait_token("oauth2");
+    // 260 connections of one user (root, here), each writing requests and
+    // never reading the answers.
+    let mut held = Vec::new();
+    let flood = "STATUS\n".repeat(1500);
+    for _ in 0..260 {
+        let Ok(mut s) = UnixStream::connect(&agent.socket) else {
+            continue;
+        };
+        // As much as the socket takes at once; the agent's answers pile up
+        // unread on the other side.
+        s.set_nonblocking(true).unwrap();
+        let _ = s.write_all(flood.as_bytes());
+        held.push(s);
+    }
+    // Another user is answered, every time, promptly.
+    let bound = if emulated() {
+        Duration::from_secs(10)
+    } else {
+        Duration::from_secs(1)
+    };
+    let mut took = Vec::new();
+    for _ in 0..10 {
+        let start = Instant::now();
+        let (code, t) = token_as(&agent, POS2, "oauth2");
+        took.push(start.elapsed());
+        assert_eq!(code, 0, "{t}");
+    }
+    let worst = took.iter().max().copied().unwrap_or_default();
+    println!("fair: another user's TOKEN (a CLI process each) took {took:?}");
+    assert!(worst < bound, "{worst:?}");
+    assert!(agent.log_text().contains("max_connections_per_uid"));
+    drop(held);
+}
