@@ -161,6 +161,25 @@ fn forced_renewal_storms_cost_at_most_one_partner_request() {
         "20 REFRESH by a POS user, 500",
         partners.count(Kind::Carrental) - before,
     ));
+    // 500 again, 20 INVALIDATE naming no token (each "the current one"):
+    // one renewal attempt, the rest refused during its backoff.
+    agent.wait_token("autoleap");
+    partners.set_mode(
+        Kind::AutoLeap,
+        Mode::Status {
+            status: 500,
+            body: "{}".into(),
+            retry_after: None,
+        },
+    );
+    let before = partners.count(Kind::AutoLeap);
+    for _ in 0..20 {
+        c.ask("INVALIDATE autoleap");
+    }
+    counts.push((
+        "20 INVALIDATE, 500",
+        partners.count(Kind::AutoLeap) - before,
+    ));
     println!("storms: partner requests: {counts:?}");
     for (storm, n) in &counts {
         assert!(*n <= 1, "{storm}: {n} partner requests");

@@ -539,17 +539,15 @@ impl Sim {
                 first_hour <= 6,
                 "{first_hour} attempts in the first rejected hour"
             );
-            let mut later: Vec<i64> = self
-                .rejected_attempts
-                .iter()
-                .copied()
-                .filter(|&t| t >= since + 3_600_000)
-                .collect();
-            later.sort();
-            for w in later.windows(2) {
+            // The slow schedule itself: the k-th attempt since the first
+            // rejection waits at least min(60 s · 2^(k-1), 1 h) after the
+            // one before (so after the first hour, one an hour).
+            for (k, w) in self.rejected_attempts.windows(2).enumerate() {
+                let least = (60_000i64 << k.min(6)).min(3_600_000);
                 assert!(
-                    w[1] - w[0] >= 3_600_000,
-                    "two rejected attempts {} ms apart after the first hour",
+                    w[1] - w[0] >= least,
+                    "rejected attempt {} came {} ms after the one before (at least {least} ms)",
+                    k + 2,
                     w[1] - w[0]
                 );
             }
