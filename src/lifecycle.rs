@@ -1164,6 +1164,142 @@ mod tests {
     }
 
     #[test]
+    fn a_clock_jump_moves_every_stamp_and_asks_for_a_save() {
+        let mut l = Lifecycle::new(
+            TIMING,
+            Some(tok("t", 1000, 600)),
+            Health::default(),
+            None,
+            at(1000, 0),
+            0.0,
+        );
+        // Idle with a token: the stamps move and the record is written again.
+        let a = l.on(Event::ClockJump(100), at(1100, 1), 0.0);
+        let t = l.token().unwrap();
+        assert_eq!((t.obtained_at, t.expires_at), (1100, 1700));
+        assert!(matches!(&a[..], [Action::Save { token: Some(t), .. }] if t.obtained_at == 1100));
+        // Nothing held: nothing to write.
+        let mut empty = Lifecycle::new(TIMING, None, Health::default(), None, at(0, 0), 0.0);
+        assert_eq!(empty.on(Event::ClockJump(100), at(100, 1), 0.0), vec![]);
+        // A jump while an outcome is being persisted: it is installed
+        // shifted, and written again shifted.
+        let mut p = Lifecycle::new(TIMING, None, Health::default(), None, at(0, 0), 0.0);
+        p.on(Event::Tick, at(0, 0), 0.0);
+        p.on(
+            Event::Finished(Outcome::Token(tok("n", 0, 600))),
+            at(0, 0),
+            0.0,
+        );
+        let a = p.on(Event::ClockJump(50), at(50, 1), 0.0);
+        assert!(
+            matches!(&a[..], [Action::Save { token: Some(t), health }]
+                if t.obtained_at == 50 && health.last_refresh == Some(50)),
+            "{a:?}"
+        );
+        p.on(Event::Persisted, at(50, 1), 0.0);
+        assert_eq!(p.token().map(|t| t.expires_at), Some(650));
+        assert_eq!(p.health().last_refresh, Some(50));
+    }
+
+    #[test]
+    fn a_distrusted_clock_judges_a_restored_token_by_the_cautious_time() {
+        let mut l = Lifecycle::new(
+            TIMING,
+            Some(tok("t", 1000, 600)),
+            Health::default(),
+            Some(0),
+            at(1000, 0),
+            0.0,
+        );
+        assert!(l.restored());
+        l.on(Event::ClockDistrusted { behind: 200 }, at(1000, 0), 0.0);
+        assert_eq!(l.token().map(|t| t.expires_at), Some(1400));
+        assert_eq!(l.persisted_token().map(|t| t.expires_at), Some(1600));
+    }
+
+    #[test]
+    fn a_late_store_gives_nothing_expired_nor_to_a_logged_out_provider() {
+        let mut l = Lifecycle::new(TIMING, None, Health::default(), None, at(0, 0), 0.0);
+        l.on(Event::StoreLoaded(tok("old", 0, 10)), at(20, 20), 0.0);
+        assert_eq!(l.token(), None);
+        let out = Health {
+            logged_out: true,
+            ..Health::default()
+        };
+        let mut l = Lifecycle::new(TIMING, None, out, None, at(0, 0), 0.0);
+        l.on(Event::StoreLoaded(tok("s", 0, 1000)), at(5, 5), 0.0);
+        assert_eq!(l.token(), None);
+    }
+
+    #[test]
+    fn a_failure_keeps_the_time_of_the_last_success() {
+        let mut l = Lifecycle::new(TIMING, None, Health::default(), None, at(0, 0), 0.0);
+        l.on(Event::Tick, at(0, 0), 0.0);
+        finish(&mut l, Outcome::Token(tok("a", 0, 1000)), at(0, 0));
+        l.on(REFRESH, at(30, 30), 0.0);
+        let persist = l.on(
+            Event::Finished(failed(ErrorKind::Transient)),
+            at(30, 30),
+            0.0,
+        );
+        assert!(
+            matches!(&persist[..], [Action::Persist { health, .. }] if health.last_refresh == Some(0))
+        );
+        l.on(Event::Persisted, at(30, 30), 0.0);
+        assert_eq!(l.health().last_refresh, Some(0));
+        assert_eq!(l.health().failures, 1);
+    }
+
+    #[test]
+    fn the_cooldown_ends_on_time_and_with_a_scheduled_renewal() {
+        let mut l = Lifecycle::new(
+            TIMING,
+            Some(tok("a", 0, 1000)),
+            Health::default(),
+            None,
+            at(0, 0),
+            0.0,
+        );
+        l.on(REFRESH, at(1, 1), 0.0);
+        finish(&mut l, Outcome::Token(tok("b", 1, 1000)), at(1, 1));
+        assert_eq!(l.on(REFRESH, at(10, 10), 0.0)[0], Action::Current);
+        // Exactly 10 s after: over.
+        assert_eq!(l.on(REFRESH, at(11, 11), 0.0)[0], Action::Start(FORCED));
+        finish(&mut l, Outcome::Token(tok("c", 11, 1000)), at(11, 11));
+        // A scheduled renewal within the cooldown ends it: its token was
+        // not forced.
+        l.on(Event::Tick, at(12, 12), 0.0);
+        let mut scheduled = l.clone();
+        scheduled.activity = Activity::Idle { next: Some(12_000) };
+        assert_eq!(
+            scheduled.on(Event::Tick, at(12, 12), 0.0),
+            vec![Action::Start(SCHEDULED)]
+        );
+        finish(
+            &mut scheduled,
+            Outcome::Token(tok("d", 12, 1000)),
+            at(12, 12),
+        );
+        assert_eq!(
+            scheduled.on(REFRESH, at(13, 13), 0.0)[0],
+            Action::Start(FORCED)
+        );
+    }
+
+    #[test]
+    fn token_waits_only_for_an_attempt_that_can_come() {
+        let mut l = Lifecycle::new(TIMING, None, Health::default(), None, at(0, 0), 0.5);
+        // First login planned at 1 s.
+        assert!(l.coming_before(1000));
+        assert!(!l.coming_before(999));
+        l.on(Event::Tick, at(1, 1), 0.0);
+        assert!(l.busy() && l.coming_before(0), "in flight");
+        finish(&mut l, Outcome::LoggedOut, at(1, 1));
+        assert!(!l.busy());
+        assert!(!l.coming_before(u64::MAX), "logged out: nothing comes");
+    }
+
+    #[test]
     fn a_late_store_gives_a_token_to_a_provider_without_one() {
         let mut l = Lifecycle::new(TIMING, None, Health::default(), None, at(0, 0), 0.0);
         l.on(Event::StoreLoaded(tok("s", 0, 1000)), at(5, 5), 0.0);

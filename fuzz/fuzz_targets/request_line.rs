@@ -19,7 +19,8 @@ fn canonical(r: &Request) -> String {
     match r {
         Request::Token(n) => format!("TOKEN {n}"),
         Request::Refresh(n) => format!("REFRESH {n}"),
-        Request::Invalidate(n) => format!("INVALIDATE {n}"),
+        Request::Invalidate(n, None) => format!("INVALIDATE {n}"),
+        Request::Invalidate(n, Some(t)) => format!("INVALIDATE {n} {t}"),
         Request::Logout(n) => format!("LOGOUT {n}"),
         Request::Status => "STATUS".to_owned(),
         Request::Ping => "PING".to_owned(),
