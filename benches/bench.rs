@@ -241,8 +241,10 @@ fn five_providers(standin: &Standin) -> String {
 }
 
 fn write_config(dir: &TempDir, standin: &Standin) {
+    // No refresh cooldown: the disk-wear run renews with REFRESH again and
+    // again, and each must reach the partner and the disk.
     let text = format!(
-        "[agent]\nsocket = {:?}\nstate_dir = {:?}\n\n{}\n",
+        "[agent]\nsocket = {:?}\nstate_dir = {:?}\n\n[defaults]\nrefresh_cooldown = \"0s\"\n\n{}\n",
         dir.join("agent.sock").display().to_string(),
         dir.join("state").display().to_string(),
         five_providers(standin)

@@ -7,7 +7,7 @@
 
 use crate::config::AgentSettings;
 use crate::lifecycle::Event;
-use crate::protocol::{self, ErrorCode, Request, TokenAnswers, MAX_INVALIDATE_LINE};
+use crate::protocol::{self, ErrorCode, Request, TokenAnswers, MAX_INVALIDATE_LINE, MAX_LINE};
 use crate::scheduler::{Scheduler, Served, TokenError, TOKEN_WAIT};
 use crate::secret::Secret;
 use crate::sys::{self, Peer};
@@ -401,7 +401,10 @@ fn serve(mut stream: UnixStream, scheduler: &Arc<Scheduler>, waiting: &Waiting) 
     // small, and it blocks (then is dropped) soon.
     let _ = sys::set_send_buffer(&stream, SEND_BUFFER);
     let peer = sys::peer(&stream).ok();
-    let mut buf = [0u8; MAX_INVALIDATE_LINE];
+    // One request line's worth; grown to MAX_INVALIDATE_LINE only for an
+    // INVALIDATE that names a long token (most connections never touch
+    // more than 1 KiB of it, and idle threads' stacks stay small).
+    let mut buf = vec![0u8; MAX_LINE];
     let mut len = 0;
     // Reused for every answer, so that after the first one a TOKEN answer
     // allocates nothing and its token is not serialised again.
@@ -434,8 +437,12 @@ fn serve(mut stream: UnixStream, scheduler: &Arc<Scheduler>, waiting: &Waiting) 
         if len >= limit {
             break;
         }
+        if len == buf.len() {
+            buf.resize(limit.min(MAX_INVALIDATE_LINE), 0);
+        }
         waiting.now();
-        match stream.read(&mut buf[len..limit]) {
+        let end = limit.min(buf.len());
+        match stream.read(&mut buf[len..end]) {
             Ok(0) => return,
             Ok(n) => len += n,
             // With a read timeout set, a stop and continue of the process

@@ -22,10 +22,16 @@ pub fn now_unix_ms() -> i64 {
 /// The environment variable naming a file whose content (seconds, may be
 /// negative) is added to the wall clock. For the clock tests only: they
 /// cannot set the machine's clock, and libfaketime does not reach a binary
-/// running under qemu-user. Unset (always, outside tests) it costs one
-/// load of a cached `None`.
+/// running under qemu-user. Read only by debug builds (what `cargo test`
+/// runs); a release build, the one packaged, ignores it.
 pub const TEST_CLOCK_ENV: &str = "SHOP_AUTH_AGENT_TEST_CLOCK_OFFSET_FILE";
 
+#[cfg(not(debug_assertions))]
+fn test_clock_offset_ms() -> i64 {
+    0
+}
+
+#[cfg(debug_assertions)]
 fn test_clock_offset_ms() -> i64 {
     static FILE: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
     match FILE.get_or_init(|| std::env::var_os(TEST_CLOCK_ENV).map(Into::into)) {

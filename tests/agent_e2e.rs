@@ -167,6 +167,9 @@ fn invalidate_names_the_refused_token_and_storms_cost_one_request() {
     let mut c = agent.client();
     let late = c.ask(&format!("INVALIDATE makeleaps {first}"));
     assert_eq!(late["access_token"], second.as_str(), "{late}");
+    // A long JWT fits (lines naming a token may be 8 KiB).
+    let long = c.ask(&format!("INVALIDATE makeleaps eyJ{}", "x".repeat(3000)));
+    assert_eq!(long["access_token"], second.as_str(), "{long}");
     for i in 0..50 {
         let verb = ["REFRESH makeleaps", "INVALIDATE makeleaps"][i % 2];
         let a = c.ask(verb);
