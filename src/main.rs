@@ -24,12 +24,6 @@ fn init_logging() {
             // sled would repeat it on every retry (RUST_LOG=sled=warn shows it).
             .default_filter_or("info,sled=off,ureq=warn,ureq_proto=warn,rustls=warn"),
     );
-    // The HTTP client's own debug and trace lines describe requests; its
-    // authors redact headers, but we take no chances with bodies: whatever
-    // RUST_LOG says, it logs at info at most.
-    builder
-        .filter_module("ureq", log::LevelFilter::Info)
-        .filter_module("ureq_proto", log::LevelFilter::Info);
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         builder.format(|f, record| {
             let prio = match record.level() {
@@ -51,5 +45,52 @@ fn init_logging() {
             )
         });
     }
-    builder.target(env_logger::Target::Stderr).init();
+    let logger = builder.target(env_logger::Target::Stderr).build();
+    let max = logger.filter();
+    if log::set_boxed_logger(Box::new(Capped(logger))).is_ok() {
+        log::set_max_level(max);
+    }
+}
+
+/// The most a dependency may log, whatever RUST_LOG says: sled's trace
+/// lines print whole stored records (tokens, as lists of byte values);
+/// rustls' and the HTTP client's describe TLS sessions and requests, and
+/// their authors redact, but we take no chances with bodies.
+const CAPS: [(&str, log::Level); 4] = [
+    ("sled", log::Level::Debug),
+    ("rustls", log::Level::Debug),
+    ("ureq", log::Level::Info),
+    ("ureq_proto", log::Level::Info),
+];
+
+/// env_logger with [`CAPS`] applied on top of RUST_LOG.
+struct Capped(env_logger::Logger);
+
+impl Capped {
+    fn allowed(metadata: &log::Metadata<'_>) -> bool {
+        let target = metadata.target();
+        CAPS.iter().all(|(krate, cap)| {
+            let ours = target == *krate
+                || target
+                    .strip_prefix(krate)
+                    .is_some_and(|rest| rest.starts_with("::"));
+            !ours || metadata.level() <= *cap
+        })
+    }
+}
+
+impl log::Log for Capped {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        Capped::allowed(metadata) && self.0.enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if Capped::allowed(record.metadata()) {
+            self.0.log(record);
+        }
+    }
+
+    fn flush(&self) {
+        self.0.flush();
+    }
 }

@@ -525,3 +525,53 @@ fn a_name_that_does_not_resolve_is_a_transient_error() {
 fn the_suite_wide_leak_check_would_see_a_token() {
     assert_no_leak(&format!("INFO makeleaps: got {}", "c0ffee12".repeat(5)));
 }
+
+/// RUST_LOG=trace, the most an administrator can ask for, still logs no
+/// token: the store's, the TLS library's and the HTTP client's own lines are
+/// capped (sled's trace lines print whole records).
+#[test]
+fn trace_logging_leaks_nothing() {
+    let dir = TempDir::new("trace");
+    let partners = standin();
+    let providers = format!("{NO_COOLDOWN}\n{}", partners.providers_toml());
+    write_config(&dir, &config_text(&dir, "", &providers));
+    let mut agent = Agent::spawn(&dir, &[("RUST_LOG", "trace")]);
+    agent.wait_ready();
+    for name in PROVIDERS {
+        agent.wait_token(name);
+        assert_eq!(agent.ask(&format!("REFRESH {name}"))["ok"], true);
+    }
+    agent.signal(libc::SIGTERM);
+    agent.wait_exit();
+    let log = agent.log_text();
+    assert!(log.contains("DEBUG"), "not verbose:\n{log}");
+    assert_no_leak(&log);
+    // Also bytes printed as lists of numbers, as sled prints keys and values.
+    let decoded = decode_byte_lists(&log);
+    for t in partners.issued() {
+        assert!(!log.contains(&t), "a token reached the log at trace level");
+        assert!(
+            !decoded.contains(&t),
+            "a token reached the log as a byte list"
+        );
+    }
+}
+
+/// Every `[n, n, …]` list of byte values in `text`, decoded and joined.
+fn decode_byte_lists(text: &str) -> String {
+    let mut out = String::new();
+    for part in text.split('[').skip(1) {
+        let Some(list) = part.split(']').next() else {
+            continue;
+        };
+        let bytes: Option<Vec<u8>> = list
+            .split(',')
+            .map(|n| n.trim().parse::<u8>().ok())
+            .collect();
+        if let Some(b) = bytes.filter(|b| b.len() > 8) {
+            out.push_str(&String::from_utf8_lossy(&b));
+            out.push('\n');
+        }
+    }
+    out
+}
