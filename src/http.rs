@@ -98,6 +98,9 @@ impl Http {
             .max_idle_connections(0)
             .max_idle_connections_per_host(0)
             .accept("application/json")
+            // ureq reads HTTP_PROXY and friends by default. A proxy sees every
+            // credential we send; it is not the environment's to choose.
+            .proxy(None)
             .tls_config(tls)
             .build();
         Ok(Http {

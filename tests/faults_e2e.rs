@@ -575,3 +575,39 @@ fn decode_byte_lists(text: &str) -> String {
     }
     out
 }
+
+/// Proxy variables in the environment are not used: a proxy would see
+/// every credential the agent sends (and a local user who can set the
+/// service's environment is not who decides where they go).
+#[test]
+fn proxy_variables_in_the_environment_are_ignored() {
+    let dir = TempDir::new("proxyenv");
+    let partners = standin();
+    write_config(&dir, &config_text(&dir, "", &partners.providers_toml()));
+    let trap = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    trap.set_nonblocking(true).unwrap();
+    let url = format!("http://{}", trap.local_addr().unwrap());
+    let env: Vec<(&str, &str)> = [
+        "HTTP_PROXY",
+        "http_proxy",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ]
+    .iter()
+    .map(|k| (*k, url.as_str()))
+    .collect();
+    let mut env = env;
+    env.push(("NO_PROXY", ""));
+    env.push(("no_proxy", ""));
+    let agent = Agent::spawn(&dir, &env);
+    agent.wait_ready();
+    for name in PROVIDERS {
+        agent.wait_token(name);
+    }
+    assert!(
+        trap.accept().is_err(),
+        "the agent connected to the proxy named in its environment"
+    );
+}
