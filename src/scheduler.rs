@@ -1003,14 +1003,21 @@ fn obtain(
     refresh: Option<&crate::secret::Secret>,
 ) -> Result<(Grant, &'static str), ProviderError> {
     if let Some(refresh) = refresh {
-        match job.provider.renew(&job.http, refresh) {
+        match job
+            .provider
+            .renew(&job.http, refresh)
+            .map(|r| r.and_then(providers::checked))
+        {
             None => {}
             Some(Ok(grant)) => return Ok((grant, "renewed")),
             Some(Err(e)) if e.kind == ErrorKind::Transient => return Err(e),
             Some(Err(e)) => log::info!("{name}: renewal refused ({e}); logging in again"),
         }
     }
-    job.provider.login(&job.http).map(|g| (g, "logged in"))
+    job.provider
+        .login(&job.http)
+        .and_then(providers::checked)
+        .map(|g| (g, "logged in"))
 }
 
 /// What a store error is about, for logging each cause once: an I/O error

@@ -39,6 +39,14 @@ fn bad_partner_answers_keep_the_old_token_and_are_classified() {
             Mode::Body("{\"token_type\":\"Bearer\"}".into()),
             "bad_response",
         ),
+        // A token that would break the POS's Authorization header.
+        (
+            Mode::Body(
+                "{\"access_token\":\"ok\\r\\nX-Injected: 1\",\"token_type\":\"bearer\",\"expires_in\":3600}"
+                    .into(),
+            ),
+            "bad_response",
+        ),
         (Mode::Huge(50 << 20), "bad_response"),
         (Mode::Delay(Duration::from_secs(4)), "transient"),
         (Mode::Close, "transient"),

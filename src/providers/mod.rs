@@ -31,6 +31,48 @@ pub struct Grant {
     pub server_date: Option<i64>,
 }
 
+/// The longest token handed out: room for large JWTs, and an
+/// `INVALIDATE name token` line naming it still fits the protocol's 8 KiB.
+pub const MAX_TOKEN: usize = 8000;
+
+/// Whether `token` may go into `Authorization: Bearer` as it is: RFC 6750's
+/// b64token (letters, digits, `-._~+/`, then `=` padding), not empty, at
+/// most [`MAX_TOKEN`] bytes. Anything else — a newline, a quote, a NUL —
+/// would let a partner inject into the POS's headers or our answers.
+pub fn is_b64token(token: &str) -> bool {
+    let body = token.trim_end_matches('=');
+    !body.is_empty()
+        && token.len() <= MAX_TOKEN
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
+}
+
+/// A grant whose tokens can be handed out; a bad partner answer otherwise
+/// (the value is not repeated in the error).
+pub fn checked(grant: Grant) -> Result<Grant, ProviderError> {
+    let bad = |what: &str| {
+        ProviderError::new(
+            ErrorKind::BadResponse,
+            format!(
+                "the {what} token is not a plain Bearer token (RFC 6750: letters, digits, \
+                 -._~+/ and = padding, at most {MAX_TOKEN} bytes)"
+            ),
+        )
+    };
+    if !is_b64token(grant.access.expose()) {
+        return Err(bad("access"));
+    }
+    if grant
+        .refresh
+        .as_ref()
+        .is_some_and(|r| !is_b64token(r.expose()))
+    {
+        return Err(bad("refresh"));
+    }
+    Ok(grant)
+}
+
 /// How a failure should be treated by the scheduler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -442,6 +484,41 @@ pub fn form_urlencode(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn only_plain_bearer_tokens_are_handed_out() {
+        for ok in [
+            "abc",
+            "eyJh.eyJz.sig-_~+/",
+            "YWJj==",
+            &"x".repeat(MAX_TOKEN),
+        ] {
+            assert!(is_b64token(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "=",
+            "a b",
+            "a\nb",
+            "a\"}{",
+            "a\0",
+            "a=b",
+            "é",
+            &"x".repeat(MAX_TOKEN + 1),
+        ] {
+            assert!(!is_b64token(bad), "{bad:?}");
+        }
+        let grant = |access: &str, refresh: Option<&str>| Grant {
+            access: Secret::new(access),
+            refresh: refresh.map(Secret::new),
+            ..Grant::default()
+        };
+        assert!(checked(grant("ok", Some("ok"))).is_ok());
+        let e = checked(grant("a\r\nX-Evil: 1", None)).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::BadResponse);
+        assert!(!e.to_string().contains("Evil"), "the value is not repeated");
+        assert!(checked(grant("ok", Some("r t"))).is_err());
+    }
     use super::*;
 
     pub fn resp(status: u16, body: &str) -> Response {
