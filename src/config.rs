@@ -603,7 +603,8 @@ struct Defaults {
     timeout: Duration,
     max_backoff: Duration,
     refresh_cooldown: Duration,
-    persist: bool,
+    /// `None`: not set, the kind decides (MakeLeaps: not persisted).
+    persist: Option<bool>,
 }
 
 fn parse_defaults(cx: &mut Cx, fields: Option<Fields>) -> Defaults {
@@ -613,7 +614,7 @@ fn parse_defaults(cx: &mut Cx, fields: Option<Fields>) -> Defaults {
         timeout: DEFAULT_TIMEOUT,
         max_backoff: DEFAULT_MAX_BACKOFF,
         refresh_cooldown: DEFAULT_REFRESH_COOLDOWN,
-        persist: true,
+        persist: None,
     };
     if let Some(f) = fields {
         let f = apply_common(cx, f, &mut d);
@@ -640,7 +641,7 @@ fn apply_common(cx: &mut Cx, mut f: Fields, d: &mut Defaults) -> Fields {
         d.refresh_cooldown = v;
     }
     if let Some(v) = f.boolean(cx, "persist") {
-        d.persist = v;
+        d.persist = Some(v);
     }
     f
 }
@@ -671,15 +672,22 @@ fn parse_provider(
         }
     };
     f.finish(cx);
+    let kind = kind?;
+    // MakeLeaps asks integrators not to save its tokens ("for security
+    // reasons we recommend against it"); a reboot costs it one
+    // client_credentials request. Every other kind keeps them.
+    let persist = d
+        .persist
+        .unwrap_or(!matches!(kind, KindSettings::MakeLeaps { .. }));
     Some(ProviderSettings {
         name: name.to_owned(),
-        kind: kind?,
+        kind,
         token_lifetime: d.token_lifetime,
         refresh_before: d.refresh_before,
         timeout: d.timeout,
         max_backoff: d.max_backoff,
         refresh_cooldown: d.refresh_cooldown,
-        persist: d.persist,
+        persist,
         ca_pem,
         file,
         access,
@@ -1002,6 +1010,30 @@ mod tests {
         assert_eq!(p.len(), 2, "{p:?}");
         assert!(p.iter().all(|p| p.contains("too long")), "{p:?}");
         parse_ok("[defaults]\ntoken_lifetime = \"3650d\"\n");
+    }
+
+    #[test]
+    fn makeleaps_tokens_are_not_persisted_unless_asked() {
+        let ml = "kind = \"makeleaps\"\nclient_id = \"a\"\nclient_secret = \"b\"\n";
+        let cr = "kind = \"carrental\"\nurl = \"https://x.invalid/t\"\nusername = \"u\"\npassword = \"p\"\n";
+        let persist = |text: &str| {
+            parse_ok(text)
+                .providers
+                .iter()
+                .map(|p| (p.name.clone(), p.persist))
+                .collect::<Vec<_>>()
+        };
+        let base = format!("[providers.ml]\n{ml}\n[providers.cr]\n{cr}");
+        assert_eq!(
+            persist(&base),
+            [("cr".to_owned(), true), ("ml".to_owned(), false)]
+        );
+        let asked = format!("[providers.ml]\n{ml}persist = true\n[providers.cr]\n{cr}");
+        assert_eq!(persist(&asked)[1], ("ml".to_owned(), true));
+        let by_default = format!("[defaults]\npersist = true\n\n{base}");
+        assert_eq!(persist(&by_default)[1], ("ml".to_owned(), true));
+        let none = format!("[defaults]\npersist = false\n\n{base}");
+        assert_eq!(persist(&none)[0], ("cr".to_owned(), false));
     }
 
     #[test]

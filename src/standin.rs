@@ -245,12 +245,14 @@ impl Standin {
             .is_some_and(|&exp| exp > now_unix())
     }
 
-    /// `[providers.*]` sections for every kind, pointing here.
+    /// `[providers.*]` sections for every kind, pointing here. MakeLeaps is
+    /// given `persist = true` (its default is not to keep tokens) so that
+    /// every kind's tokens survive a restart in `dev` and in the tests.
     pub fn providers_toml(&self) -> String {
         use creds::*;
         format!(
             "[providers.autoleap]\nkind = \"autoleap\"\nbase_url = {al:?}\npartner_id = {AUTOLEAP_PARTNER_ID:?}\nauth_key = {AUTOLEAP_AUTH_KEY:?}\n\n\
-             [providers.makeleaps]\nkind = \"makeleaps\"\ntoken_url = {ml:?}\nclient_id = {MAKELEAPS_CLIENT_ID:?}\nclient_secret = {MAKELEAPS_CLIENT_SECRET:?}\n\n\
+             [providers.makeleaps]\nkind = \"makeleaps\"\ntoken_url = {ml:?}\nclient_id = {MAKELEAPS_CLIENT_ID:?}\nclient_secret = {MAKELEAPS_CLIENT_SECRET:?}\npersist = true\n\n\
              [providers.autovit]\nkind = \"autovit\"\ntoken_url = {av:?}\nclient_id = {AUTOVIT_CLIENT_ID:?}\nclient_secret = {AUTOVIT_CLIENT_SECRET:?}\ngrant_type = \"password\"\nusername = {AUTOVIT_USERNAME:?}\npassword = {AUTOVIT_PASSWORD:?}\nclient_auth = \"basic\"\n\n\
              [providers.autovit_partner]\nkind = \"autovit\"\ntoken_url = {av:?}\nclient_id = {AUTOVIT_CLIENT_ID:?}\nclient_secret = {AUTOVIT_CLIENT_SECRET:?}\ngrant_type = \"partner\"\npartner_code = {AUTOVIT_PARTNER_CODE:?}\npartner_secret = {AUTOVIT_PARTNER_SECRET:?}\nclient_auth = \"body\"\n\n\
              [providers.carrental]\nkind = \"carrental\"\nurl = {cr:?}\nusername = {CARRENTAL_USERNAME:?}\npassword = {CARRENTAL_PASSWORD:?}\n\n\

@@ -461,3 +461,43 @@ fn tells_systemd_ready_status_watchdog_reload_and_stop() {
         assert!(!seen.iter().any(|m| m.contains(&token)));
     }
 }
+
+/// MakeLeaps' document asks integrators not to save its tokens: by default
+/// the agent keeps them in memory only (a restart logs in again).
+#[test]
+fn makeleaps_tokens_stay_off_the_disk_by_default() {
+    let dir = TempDir::new("ml-persist");
+    let partners = standin();
+    let providers = partners.providers_toml().replace("persist = true\n", "");
+    write_config(&dir, &config_text(&dir, "", &providers));
+    let mut agent = Agent::start(&dir);
+    let ml = agent.wait_token("makeleaps")["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let cr = agent.wait_token("carrental")["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    agent.signal(libc::SIGTERM);
+    assert!(agent.wait_exit().success());
+    let mut on_disk = Vec::new();
+    let mut stack = vec![dir.join("state")];
+    while let Some(p) = stack.pop() {
+        for e in std::fs::read_dir(&p).unwrap().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                on_disk.extend(std::fs::read(e.path()).unwrap());
+            }
+        }
+    }
+    let on_disk = String::from_utf8_lossy(&on_disk);
+    assert!(!on_disk.contains(&ml), "a MakeLeaps token reached the disk");
+    assert!(on_disk.contains(&cr), "the other kinds' tokens are kept");
+    // After a restart with the partner down: no MakeLeaps token.
+    partners.set_mode(Kind::MakeLeaps, shop_auth_agent::standin::Mode::Close);
+    let agent = Agent::start(&dir);
+    assert_eq!(agent.ask("TOKEN carrental")["access_token"], cr.as_str());
+    assert_eq!(agent.ask("TOKEN makeleaps")["error"], "no_token");
+}
