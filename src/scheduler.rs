@@ -149,6 +149,13 @@ fn admins(settings: &Settings) -> Access {
     }
 }
 
+/// The shared HTTP client for a provider's timeout and CA (a bad CA file is
+/// the one way this fails).
+fn http_for(p: &ProviderSettings) -> Result<Arc<Http>, String> {
+    Http::shared(p.timeout, p.ca_pem.as_deref())
+        .map_err(|e| format!("providers.{}.ca_file: {e}", p.name))
+}
+
 fn timing(p: &ProviderSettings) -> Timing {
     Timing {
         refresh_before: p.refresh_before,
@@ -331,12 +338,10 @@ impl Scheduler {
                 other => back.push(other),
             }
         }
+        // Waiting clients, and the refresh thread (a new plan or attempt).
+        self.cv.notify_all();
         if wake {
-            self.cv.notify_all();
             notify::status(&table.summary(now.wall));
-        } else {
-            // A new attempt or plan: the refresh thread re-reads deadlines.
-            self.cv.notify_all();
         }
         back
     }
@@ -878,26 +883,13 @@ impl Scheduler {
             match table.slots.get(&p.name) {
                 Some(old) if old.settings.kind == p.kind => {
                     if *old.settings != *p {
-                        let http = Http::shared(p.timeout, p.ca_pem.as_deref())
-                            .map_err(|e| format!("providers.{}.ca_file: {e}", p.name))?;
-                        retimed.push((p.name.clone(), Arc::new(p.clone()), http));
+                        retimed.push((p.name.clone(), Arc::new(p.clone()), http_for(p)?));
                     }
                     kept.push(p.name.clone());
                 }
-                Some(old) => {
-                    let life = Lifecycle::new(
-                        timing(p),
-                        None,
-                        Health::default(),
-                        behind,
-                        now,
-                        rand::unit(),
-                    )
-                    .continuing(&old.life);
-                    fresh.insert(p.name.clone(), table.new_slot(p, life)?);
-                    changed.push(p.name.clone());
-                }
-                None => {
+                old => {
+                    // A new provider, or a changed account: a fresh start
+                    // that still answers the clients waiting on the old one.
                     let life = Lifecycle::new(
                         timing(p),
                         None,
@@ -906,8 +898,17 @@ impl Scheduler {
                         now,
                         rand::unit(),
                     );
+                    let life = match old {
+                        Some(old) => {
+                            changed.push(p.name.clone());
+                            life.continuing(&old.life)
+                        }
+                        None => {
+                            added.push(p.name.clone());
+                            life
+                        }
+                    };
                     fresh.insert(p.name.clone(), table.new_slot(p, life)?);
-                    added.push(p.name.clone());
                 }
             }
         }
@@ -1145,8 +1146,7 @@ impl Table {
     /// A slot for `p` around `life`: everything that can fail (the CA file)
     /// happens here, before any table changes.
     fn new_slot(&mut self, p: &ProviderSettings, life: Lifecycle) -> Result<Slot, String> {
-        let http = Http::shared(p.timeout, p.ca_pem.as_deref())
-            .map_err(|e| format!("providers.{}.ca_file: {e}", p.name))?;
+        let http = http_for(p)?;
         let generation = self.next_generation;
         self.next_generation += 1;
         Ok(Slot {
