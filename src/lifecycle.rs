@@ -293,6 +293,62 @@ impl Lifecycle {
         };
     }
 
+    /// INVALIDATE, before its refused token is dropped (see `on`).
+    fn on_invalidate(&mut self, seen: Option<Secret>, now: Now) -> Vec<Action> {
+        let cooldown = self.in_cooldown(now);
+        let current = self.serve(now.wall).map(|(t, _)| t.access.clone());
+        let seen_current = match (&seen, &current) {
+            (Some(s), Some(c)) => s.expose() == c.expose(),
+            (Some(_), None) => false,
+            // Without a token named: the current one, unless a
+            // forced renewal just replaced it (then the client saw
+            // the one before).
+            (None, _) => !cooldown,
+        };
+        if !seen_current && current.is_some() {
+            // A newer token than the one refused: hand it out.
+            return vec![Action::Current];
+        }
+        if seen_current {
+            // Never served again.
+            self.refused = true;
+        }
+        if self.busy() {
+            return vec![Action::Await(self.started)];
+        }
+        if self.health.logged_out {
+            // Only REFRESH (or a reload that changes the provider)
+            // logs a logged-out provider back in.
+            return vec![Action::Refuse {
+                message: "logged out; an administrator's REFRESH logs it back in".into(),
+                retry_in: None,
+            }];
+        }
+        if seen_current && cooldown {
+            // The partner refuses the token a forced renewal gave
+            // moments ago: renewing again at once would loop.
+            let until = self.forced_ok_at.unwrap_or(now.mono) + ms(self.timing.cooldown);
+            // Not before the cooldown ends, nor before a backoff
+            // already planned (rejected credentials wait longer).
+            let next = self.backoff_until.map_or(until, |b| b.max(until));
+            self.activity = Activity::Idle { next: Some(next) };
+            // Nor at a REFRESH: INVALIDATE, REFRESH, INVALIDATE, …
+            // would still be a loop at the partner.
+            self.backoff_until = Some(next);
+            return vec![Action::Refuse {
+                message: format!(
+                    "the partner refused the token of a renewal {}s ago; not renewing \
+                         again within refresh_cooldown",
+                    now.mono
+                        .saturating_sub(self.forced_ok_at.unwrap_or(now.mono))
+                        / 1000
+                ),
+                retry_in: self.retry_in(now),
+            }];
+        }
+        self.forced(seen_current, now)
+    }
+
     /// Whether a forced renewal succeeded within the cooldown and its
     /// token is still served.
     fn in_cooldown(&self, now: Now) -> bool {
@@ -327,6 +383,20 @@ impl Lifecycle {
                 .backoff_until
                 .map(|t| t.saturating_sub(now.mono).div_ceil(1000).max(1));
             return vec![Action::Refuse { message, retry_in }];
+        }
+        // No token to answer with (none, refused, or after LOGOUT), but a
+        // forced renewal succeeded within the cooldown: still one forced
+        // request per cooldown, whatever clients send.
+        let cooldown_end = self
+            .forced_ok_at
+            .map(|t| t.saturating_add(ms(self.timing.cooldown)));
+        if let Some(end) = cooldown_end.filter(|&end| end > now.mono) {
+            return vec![Action::Refuse {
+                message: "a renewal a client forced succeeded moments ago; not again within \
+                          refresh_cooldown"
+                    .into(),
+                retry_in: Some(end.saturating_sub(now.mono).div_ceil(1000).max(1)),
+            }];
         }
         let start = self.start(Op::Renew {
             invalidate,
@@ -373,58 +443,26 @@ impl Lifecycle {
                 self.forced(false, now)
             }
             Event::Invalidate(seen) => {
-                let cooldown = self.in_cooldown(now);
-                let current = self.serve(now.wall).map(|(t, _)| t.access.clone());
-                let seen_current = match (&seen, &current) {
-                    (Some(s), Some(c)) => s.expose() == c.expose(),
-                    (Some(_), None) => false,
-                    // Without a token named: the current one, unless a
-                    // forced renewal just replaced it (then the client saw
-                    // the one before).
-                    (None, _) => !cooldown,
-                };
-                if !seen_current && current.is_some() {
-                    // A newer token than the one refused: hand it out.
-                    return vec![Action::Current];
+                let mut actions = self.on_invalidate(seen, now);
+                let attempt = actions
+                    .iter()
+                    .any(|a| matches!(a, Action::Start(_) | Action::Await(_)));
+                if self.refused && !attempt && self.token.is_some() {
+                    // Refused, and no attempt under way to replace it (a
+                    // backoff runs, or the cooldown): forget it now, on disk
+                    // too, or a restart would serve it again.
+                    self.token = None;
+                    self.restored = None;
+                    self.refused = false;
+                    actions.insert(
+                        0,
+                        Action::Save {
+                            token: None,
+                            health: self.health.clone(),
+                        },
+                    );
                 }
-                if seen_current {
-                    // Never served again.
-                    self.refused = true;
-                }
-                if self.busy() {
-                    return vec![Action::Await(self.started)];
-                }
-                if self.health.logged_out {
-                    // Only REFRESH (or a reload that changes the provider)
-                    // logs a logged-out provider back in.
-                    return vec![Action::Refuse {
-                        message: "logged out; an administrator's REFRESH logs it back in".into(),
-                        retry_in: None,
-                    }];
-                }
-                if seen_current && cooldown {
-                    // The partner refuses the token a forced renewal gave
-                    // moments ago: renewing again at once would loop.
-                    let until = self.forced_ok_at.unwrap_or(now.mono) + ms(self.timing.cooldown);
-                    // Not before the cooldown ends, nor before a backoff
-                    // already planned (rejected credentials wait longer).
-                    let next = self.backoff_until.map_or(until, |b| b.max(until));
-                    self.activity = Activity::Idle { next: Some(next) };
-                    // Nor at a REFRESH: INVALIDATE, REFRESH, INVALIDATE, …
-                    // would still be a loop at the partner.
-                    self.backoff_until = Some(next);
-                    return vec![Action::Refuse {
-                        message: format!(
-                            "the partner refused the token of a renewal {}s ago; not renewing \
-                             again within refresh_cooldown",
-                            now.mono
-                                .saturating_sub(self.forced_ok_at.unwrap_or(now.mono))
-                                / 1000
-                        ),
-                        retry_in: self.retry_in(now),
-                    }];
-                }
-                self.forced(seen_current, now)
+                actions
             }
             Event::Logout => match &mut self.activity {
                 Activity::InFlight { logout_after, .. } => {
@@ -608,7 +646,9 @@ impl Lifecycle {
         // The cooldown belongs to the token a forced renewal gave.
         self.forced_ok_at = match (&outcome, op) {
             (Outcome::Token(_), Op::Renew { forced: true, .. }) => Some(now.mono),
-            (Outcome::Token(_) | Outcome::LoggedOut, _) => None,
+            (Outcome::Token(_), _) => None,
+            // Kept through LOGOUT: LOGOUT, REFRESH, LOGOUT, … is no way
+            // around it.
             _ => self.forced_ok_at,
         };
         match outcome {
@@ -980,8 +1020,9 @@ mod tests {
                 [Action::Refuse { retry_in: None, .. }]
             ));
         }
+        // (After the cooldown of the forced renewal before the LOGOUT.)
         assert_eq!(
-            l.on(Event::Refresh { admin: true }, at(2, 2), 0.0),
+            l.on(Event::Refresh { admin: true }, at(10, 10), 0.0),
             vec![Action::Start(FORCED), Action::Await(3)]
         );
     }
@@ -1017,10 +1058,13 @@ mod tests {
         assert!(
             matches!(
                 &a[..],
-                [Action::Refuse {
-                    retry_in: Some(4),
-                    ..
-                }]
+                [
+                    ..,
+                    Action::Refuse {
+                        retry_in: Some(4),
+                        ..
+                    }
+                ]
             ),
             "{a:?}"
         );
@@ -1035,6 +1079,60 @@ mod tests {
             l.on(Event::Tick, at(11, 11), 0.0),
             vec![Action::Start(SCHEDULED)]
         );
+    }
+
+    #[test]
+    fn a_token_refused_during_a_backoff_is_forgotten_on_disk_too() {
+        let mut l = Lifecycle::new(
+            TIMING,
+            Some(tok("a", 0, 10_000)),
+            Health::default(),
+            None,
+            at(0, 0),
+            0.0,
+        );
+        l.on(REFRESH, at(1, 1), 0.0);
+        finish(&mut l, failed(ErrorKind::Transient), at(1, 1));
+        let a = l.on(invalidate("a"), at(1, 1), 0.0);
+        assert!(
+            matches!(
+                &a[..],
+                [Action::Save { token: None, .. }, Action::Refuse { .. }]
+            ),
+            "{a:?}"
+        );
+        assert_eq!(l.serve(1), None);
+        assert_eq!(
+            l.persisted_token(),
+            None,
+            "a later write must not bring it back"
+        );
+        // Asked again: nothing left to forget, no write.
+        let a = l.on(Event::Invalidate(None), at(1, 1), 0.0);
+        assert!(matches!(&a[..], [Action::Refuse { .. }]), "{a:?}");
+    }
+
+    #[test]
+    fn logout_does_not_end_the_cooldown() {
+        let admin = Event::Refresh { admin: true };
+        let mut l = Lifecycle::new(TIMING, None, Health::default(), None, at(0, 0), 0.0);
+        assert_eq!(l.on(admin.clone(), at(0, 0), 0.0)[0], Action::Start(FORCED));
+        finish(&mut l, Outcome::Token(tok("a", 0, 1000)), at(0, 0));
+        l.on(Event::Logout, at(1, 1), 0.0);
+        finish(&mut l, Outcome::LoggedOut, at(1, 1));
+        // LOGOUT, REFRESH, LOGOUT, …: one login per cooldown.
+        let a = l.on(admin.clone(), at(2, 2), 0.0);
+        assert!(
+            matches!(
+                &a[..],
+                [Action::Refuse {
+                    retry_in: Some(8),
+                    ..
+                }]
+            ),
+            "{a:?}"
+        );
+        assert_eq!(l.on(admin, at(10, 10), 0.0)[0], Action::Start(FORCED));
     }
 
     #[test]
@@ -1077,10 +1175,13 @@ mod tests {
             assert!(
                 matches!(
                     &a[..],
-                    [Action::Refuse {
-                        retry_in: Some(3501),
-                        ..
-                    }]
+                    [
+                        ..,
+                        Action::Refuse {
+                            retry_in: Some(3501),
+                            ..
+                        }
+                    ]
                 ),
                 "{a:?}"
             );

@@ -320,8 +320,10 @@ impl Scheduler {
     }
 
     /// Feeds `event` to the named provider's lifecycle and carries out what
-    /// it asks, but for `Await`, `Refuse` and `Persist`, which go back to
-    /// the caller. Called with the table locked.
+    /// it asks, but for `Await`, `Current`, `Refuse` and `Persist`, which go
+    /// back to the caller; a `Save` is queued in `table.saves` (written by
+    /// the refresh thread, or by the caller at once). Called with the table
+    /// locked.
     fn apply(self: &Arc<Self>, table: &mut Table, name: &str, event: Event) -> Vec<Action> {
         let now = self.now();
         let clock_shifted = table.clock.shifted;
@@ -331,13 +333,16 @@ impl Scheduler {
         let actions = slot.life.on(event, now, rand::unit());
         let mut back = Vec::new();
         let mut wake = false;
+        let mut saves = Vec::new();
         for action in actions {
             match action {
                 Action::Start(op) => self.start(slot, name, op, clock_shifted),
                 Action::Wake => wake = true,
+                Action::Save { token, health } => saves.push((name.to_owned(), token, health)),
                 other => back.push(other),
             }
         }
+        table.saves.extend(saves);
         // Waiting clients, and the refresh thread (a new plan or attempt).
         self.cv.notify_all();
         if wake {
@@ -725,6 +730,13 @@ impl Scheduler {
             Some(Action::Current) => None,
             Some(Action::Refuse { message, retry_in }) => {
                 let state = table.state_of(name, self.now());
+                // A refused token dropped without an attempt is forgotten on
+                // disk before the client hears back.
+                let saves = std::mem::take(&mut table.saves);
+                drop(table);
+                if !saves.is_empty() {
+                    self.save(saves);
+                }
                 return Err(TokenError::RefreshFailed {
                     message,
                     retry_in,

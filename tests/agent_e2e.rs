@@ -501,3 +501,32 @@ fn makeleaps_tokens_stay_off_the_disk_by_default() {
     assert_eq!(agent.ask("TOKEN carrental")["access_token"], cr.as_str());
     assert_eq!(agent.ask("TOKEN makeleaps")["error"], "no_token");
 }
+
+/// A token a client saw refused while no renewal could start (a backoff
+/// runs) is not served again, not even after a restart.
+#[test]
+fn a_refused_token_stays_refused_across_a_restart() {
+    let (dir, partners, mut agent) = all_kinds("refused-restart");
+    let t = agent.wait_token("makeleaps")["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    partners.set_mode(
+        Kind::MakeLeaps,
+        Mode::Status {
+            status: 500,
+            body: "{}".into(),
+            retry_after: Some(3600),
+        },
+    );
+    assert_eq!(agent.ask("REFRESH makeleaps")["error"], "refresh_failed");
+    let a = agent.ask(&format!("INVALIDATE makeleaps {t}"));
+    assert_eq!(a["error"], "refresh_failed", "a backoff runs: {a}");
+    assert_eq!(agent.ask("TOKEN makeleaps")["error"], "no_token");
+    agent.signal(libc::SIGTERM);
+    assert!(agent.wait_exit().success());
+    partners.set_mode(Kind::MakeLeaps, Mode::Close);
+    let agent = Agent::start(&dir);
+    let a = agent.ask("TOKEN makeleaps");
+    assert_eq!(a["error"], "no_token", "the refused token came back: {a}");
+}

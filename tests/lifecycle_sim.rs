@@ -290,8 +290,9 @@ impl Sim {
         self.on(Event::Persisted);
         self.logged_out = self.life.health().logged_out;
         if self.logged_out {
+            // The cooldown outlives LOGOUT: LOGOUT, REFRESH, LOGOUT, …
+            // must not become a login loop.
             self.watch = None;
-            self.forced_ok = None;
             self.revoked_below = self.issued.len();
         }
         match (&new, a.op) {
