@@ -5,7 +5,7 @@
 //! config that loads is a config the agent can run with.
 
 use crate::paths::{self, Env};
-use crate::providers::{AutovitGrant, ClientAuth, KindSettings, OAuth2Grant};
+use crate::providers::{self, Partner};
 use crate::secret::Secret;
 use crate::sys;
 use std::fmt;
@@ -38,7 +38,8 @@ pub struct AgentSettings {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProviderSettings {
     pub name: String,
-    pub kind: KindSettings,
+    /// The kind and its own settings (docs/design.md, "Adding a kind").
+    pub partner: Partner,
     /// Used when the partner states no lifetime and the token is no JWT.
     pub token_lifetime: Duration,
     pub refresh_before: Duration,
@@ -75,45 +76,7 @@ impl ProviderSettings {
     /// What identifies the account at the partner, without any secret: a
     /// stored token is only reused when this is unchanged.
     pub fn identity(&self) -> String {
-        match &self.kind {
-            KindSettings::AutoLeap {
-                base_url,
-                partner_id,
-                ..
-            } => format!("autoleap {base_url} {partner_id}"),
-            KindSettings::MakeLeaps {
-                token_url,
-                client_id,
-                ..
-            } => format!("makeleaps {token_url} {client_id}"),
-            KindSettings::Autovit {
-                token_url,
-                client_id,
-                grant,
-                ..
-            } => {
-                let who = match grant {
-                    AutovitGrant::Password { username, .. } => username,
-                    AutovitGrant::Partner { partner_code, .. } => partner_code,
-                };
-                format!("autovit {token_url} {client_id} {who}")
-            }
-            KindSettings::Carrental { url, username, .. } => format!("carrental {url} {username}"),
-            KindSettings::OAuth2 {
-                token_url,
-                client_id,
-                grant,
-                scope,
-                ..
-            } => {
-                let who = match grant {
-                    OAuth2Grant::ClientCredentials => "",
-                    OAuth2Grant::Password { username, .. } => username,
-                };
-                let scope = scope.as_deref().unwrap_or("");
-                format!("oauth2 {token_url} {client_id} {who} {scope}")
-            }
-        }
+        self.partner.identity()
     }
 }
 
@@ -663,8 +626,8 @@ fn parse_provider(
     });
     let file = f.string(cx, "file").map(|p| cx.resolve(&p));
     let access = parse_access(cx, &mut f);
-    let kind = match f.required_string(cx, "kind") {
-        Some(kind) => parse_kind(cx, &mut f, &kind),
+    let partner = match f.required_string(cx, "kind") {
+        Some(name) => parse_kind(cx, &mut f, &name),
         None => {
             // Without a kind the other keys cannot be judged; don't call them unknown.
             f.table.clear();
@@ -672,16 +635,11 @@ fn parse_provider(
         }
     };
     f.finish(cx);
-    let kind = kind?;
-    // MakeLeaps asks integrators not to save its tokens ("for security
-    // reasons we recommend against it"); a reboot costs it one
-    // client_credentials request. Every other kind keeps them.
-    let persist = d
-        .persist
-        .unwrap_or(!matches!(kind, KindSettings::MakeLeaps { .. }));
+    let (kind, provider) = partner?;
+    let persist = d.persist.unwrap_or(kind.persist);
     Some(ProviderSettings {
         name: name.to_owned(),
-        kind,
+        partner: Partner::new(kind, provider),
         token_lifetime: d.token_lifetime,
         refresh_before: d.refresh_before,
         timeout: d.timeout,
@@ -748,20 +706,6 @@ fn parse_access(cx: &mut Cx, f: &mut Fields) -> Option<Access> {
     Some(access)
 }
 
-fn url(cx: &mut Cx, f: &mut Fields, key: &str, default: Option<&str>) -> Option<String> {
-    let value = match default {
-        Some(d) => f.string(cx, key).or_else(|| Some(d.to_owned())),
-        None => f.required_string(cx, key),
-    }?;
-    match check_url(&value) {
-        Ok(()) => Some(value),
-        Err(e) => {
-            cx.problem(&f.key(key), e);
-            None
-        }
-    }
-}
-
 /// An absolute http(s) URL; plain http only to a loopback host, since the
 /// request carries credentials.
 fn check_url(s: &str) -> Result<(), String> {
@@ -798,167 +742,134 @@ fn check_url(s: &str) -> Result<(), String> {
     }
 }
 
-fn client_auth(cx: &mut Cx, f: &mut Fields) -> ClientAuth {
-    match f.string(cx, "client_auth").as_deref() {
-        None | Some("basic") => ClientAuth::Basic,
-        Some("body") => ClientAuth::Body,
-        Some(other) => {
-            cx.problem(
-                &f.key("client_auth"),
-                format!("expected \"basic\" or \"body\", got {other:?}"),
-            );
-            ClientAuth::Basic
-        }
-    }
+/// The kind named `name` with its keys read, or the problems reported.
+fn parse_kind(
+    cx: &mut Cx,
+    f: &mut Fields,
+    name: &str,
+) -> Option<(
+    &'static providers::Kind,
+    std::sync::Arc<dyn providers::Provider>,
+)> {
+    let Some(kind) = providers::kind(name) else {
+        let names: Vec<&str> = providers::KINDS.iter().map(|k| k.name).collect();
+        cx.problem(
+            &f.key("kind"),
+            format!(
+                "unknown kind {name:?}; expected one of {}",
+                names.join(", ")
+            ),
+        );
+        // The other keys cannot be judged; don't call them unknown.
+        f.table.clear();
+        return None;
+    };
+    let provider = (kind.parse)(&mut KindKeys { cx, f })?;
+    Some((kind, provider))
 }
 
-fn parse_kind(cx: &mut Cx, f: &mut Fields, kind: &str) -> Option<KindSettings> {
-    match kind {
-        "autoleap" => {
-            let base_url = url(
-                cx,
-                f,
-                "base_url",
-                Some("https://partnerapi.myautoleap.com/v2/"),
-            );
-            let partner_id = f.required_string(cx, "partner_id");
-            let auth_key = f.required_secret(cx, "auth_key");
-            Some(KindSettings::AutoLeap {
-                base_url: base_url?,
-                partner_id: partner_id?,
-                auth_key: auth_key?,
-            })
+/// A provider section's keys as a partner kind reads them
+/// (`providers/<kind>.rs`): each read takes its key, a wrong value is
+/// reported with its path and gives `None`, and keys no one reads are
+/// reported as unknown afterwards.
+pub struct KindKeys<'a, 'e> {
+    cx: &'a mut Cx<'e>,
+    f: &'a mut Fields,
+}
+
+impl KindKeys<'_, '_> {
+    /// Reports a problem at `key` of this section.
+    pub fn problem(&mut self, key: &str, message: impl Into<String>) {
+        let path = self.f.key(key);
+        self.cx.problem(&path, message);
+    }
+
+    pub fn string(&mut self, key: &str) -> Option<String> {
+        self.f.string(self.cx, key)
+    }
+
+    pub fn required_string(&mut self, key: &str) -> Option<String> {
+        self.f.required_string(self.cx, key)
+    }
+
+    /// A required id that partners may type as a string or a number
+    /// (Autovit's `client_id` is a Number in its document); kept as text.
+    pub fn required_id(&mut self, key: &str) -> Option<String> {
+        match self.f.table.get(key) {
+            Some(Value::Integer(n)) => {
+                let n = *n;
+                self.f.take(key);
+                Some(n.to_string())
+            }
+            _ => self.required_string(key),
         }
-        "makeleaps" => {
-            // The vendor text says /user/oath2/token/, its code /user/oauth2/token/;
-            // the code is what a working client sends.
-            let token_url = url(
-                cx,
-                f,
-                "token_url",
-                Some("https://api.makeleaps.com/user/oauth2/token/"),
-            );
-            let client_id = f.required_string(cx, "client_id");
-            let client_secret = f.required_secret(cx, "client_secret");
-            let scope = f.string(cx, "scope");
-            Some(KindSettings::MakeLeaps {
-                token_url: token_url?,
-                client_id: client_id?,
-                client_secret: client_secret?,
-                scope,
-            })
+    }
+
+    pub fn secret(&mut self, key: &str) -> Option<Secret> {
+        self.f.secret(self.cx, key)
+    }
+
+    pub fn required_secret(&mut self, key: &str) -> Option<Secret> {
+        self.f.required_secret(self.cx, key)
+    }
+
+    /// A URL (see [`check_url`]); `default` when absent, required when
+    /// there is no default.
+    pub fn url(&mut self, key: &str, default: Option<&str>) -> Option<String> {
+        let value = match default {
+            Some(d) => self.string(key).or_else(|| Some(d.to_owned())),
+            None => self.required_string(key),
+        }?;
+        match check_url(&value) {
+            Ok(()) => Some(value),
+            Err(e) => {
+                self.problem(key, e);
+                None
+            }
         }
-        "autovit" => {
-            let token_url = url(
-                cx,
-                f,
-                "token_url",
-                Some("https://www.autovit.ro/api/open/oauth/token"),
-            );
-            let client_id = f.required_string(cx, "client_id");
-            let client_secret = f.required_secret(cx, "client_secret");
-            let client_auth = client_auth(cx, f);
-            let grant = match f.required_string(cx, "grant_type").as_deref() {
-                Some("password") => {
-                    let username = f.required_string(cx, "username");
-                    let password = f.required_secret(cx, "password");
-                    Some(AutovitGrant::Password {
-                        username: username?,
-                        password: password?,
-                    })
-                }
-                Some("partner") => {
-                    let partner_code = f.required_string(cx, "partner_code");
-                    let partner_secret = f.required_secret(cx, "partner_secret");
-                    Some(AutovitGrant::Partner {
-                        partner_code: partner_code?,
-                        partner_secret: partner_secret?,
-                    })
-                }
-                Some(other) => {
-                    cx.problem(
-                        &f.key("grant_type"),
-                        format!("expected \"password\" or \"partner\", got {other:?}"),
-                    );
-                    None
-                }
-                None => None,
-            };
-            Some(KindSettings::Autovit {
-                token_url: token_url?,
-                client_id: client_id?,
-                client_secret: client_secret?,
-                grant: grant?,
-                client_auth,
-            })
+    }
+
+    /// One of `options` by its name; `None` when absent or wrong (reported).
+    pub fn choice<T: Copy>(&mut self, key: &str, options: &[(&str, T)]) -> Option<T> {
+        let value = self.string(key)?;
+        match options.iter().find(|(name, _)| *name == value) {
+            Some((_, t)) => Some(*t),
+            None => {
+                let names: Vec<String> = options.iter().map(|(n, _)| format!("{n:?}")).collect();
+                let expected = match names.split_last() {
+                    Some((last, [])) => last.clone(),
+                    Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+                    None => String::new(),
+                };
+                self.problem(key, format!("expected {expected}, got {value:?}"));
+                None
+            }
         }
-        "carrental" => {
-            let url = url(cx, f, "url", None);
-            let username = f.required_string(cx, "username");
-            let password = f.required_secret(cx, "password");
-            Some(KindSettings::Carrental {
-                url: url?,
-                username: username?,
-                password: password?,
-            })
+    }
+
+    pub fn required_choice<T: Copy>(&mut self, key: &str, options: &[(&str, T)]) -> Option<T> {
+        if !self.f.has(key) {
+            self.problem(key, "is required");
+            return None;
         }
-        "oauth2" => {
-            let token_url = url(cx, f, "token_url", None);
-            let client_id = f.required_string(cx, "client_id");
-            let client_secret = f.secret(cx, "client_secret");
-            let client_auth = client_auth(cx, f);
-            let scope = f.string(cx, "scope");
-            let grant = match f.required_string(cx, "grant_type").as_deref() {
-                Some("client_credentials") => Some(OAuth2Grant::ClientCredentials),
-                Some("password") => {
-                    let username = f.required_string(cx, "username");
-                    let password = f.required_secret(cx, "password");
-                    Some(OAuth2Grant::Password {
-                        username: username?,
-                        password: password?,
-                    })
-                }
-                Some(other) => {
-                    cx.problem(
-                        &f.key("grant_type"),
-                        format!("expected \"client_credentials\" or \"password\", got {other:?}"),
-                    );
-                    None
-                }
-                None => None,
-            };
-            let mut extra = Vec::new();
-            if let Some(t) = f.table(cx, "extra") {
-                for (k, v) in t.table {
-                    match v {
-                        Value::String(s) => extra.push((k, s)),
-                        other => cx.problem(
-                            &join(&t.path, &k),
-                            format!("expected a string, got {}", type_name(&other)),
-                        ),
-                    }
+        self.choice(key, options)
+    }
+
+    /// A table of strings (`extra = { audience = "…" }`), in key order.
+    pub fn string_table(&mut self, key: &str) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        if let Some(t) = self.f.table(self.cx, key) {
+            for (k, v) in t.table {
+                match v {
+                    Value::String(s) => out.push((k, s)),
+                    other => self.cx.problem(
+                        &join(&t.path, &k),
+                        format!("expected a string, got {}", type_name(&other)),
+                    ),
                 }
             }
-            Some(KindSettings::OAuth2 {
-                token_url: token_url?,
-                client_id: client_id?,
-                client_secret,
-                grant: grant?,
-                client_auth,
-                scope,
-                extra,
-            })
         }
-        other => {
-            cx.problem(
-                &f.key("kind"),
-                format!(
-                    "unknown kind {other:?}; expected autoleap, makeleaps, autovit, carrental or oauth2"
-                ),
-            );
-            f.table.clear();
-            None
-        }
+        out
     }
 }
 
@@ -1079,12 +990,11 @@ mod tests {
             })
         );
         assert!(s.providers[1].access.is_none());
-        match &s.providers[1].kind {
-            KindSettings::MakeLeaps { token_url, .. } => {
-                assert_eq!(token_url, "https://api.makeleaps.com/user/oauth2/token/")
-            }
-            other => panic!("{other:?}"),
-        }
+        assert_eq!(s.providers[1].partner.kind(), "makeleaps");
+        assert_eq!(
+            s.providers[1].identity(),
+            "makeleaps https://api.makeleaps.com/user/oauth2/token/ abc"
+        );
     }
 
     #[test]
@@ -1174,11 +1084,10 @@ mod tests {
         "#;
         // World-readable is fine: no secret is inline.
         let s = parse(text, "test", Some(&dir), true, &env).unwrap();
-        let secret = |i: usize| match &s.providers[i].kind {
-            KindSettings::AutoLeap { auth_key, .. } => auth_key.expose().to_owned(),
-            KindSettings::Carrental { password, .. } => password.expose().to_owned(),
-            KindSettings::MakeLeaps { client_secret, .. } => client_secret.expose().to_owned(),
-            _ => unreachable!(),
+        let secret = |i: usize| {
+            s.providers[i].partner.provider().secrets()[0]
+                .expose()
+                .to_owned()
         };
         // One trailing newline trimmed, nothing else.
         assert_eq!(secret(0), "from-file\n");

@@ -893,7 +893,7 @@ impl Scheduler {
         let (mut added, mut changed, mut kept) = (Vec::new(), Vec::new(), Vec::new());
         for p in &settings.providers {
             match table.slots.get(&p.name) {
-                Some(old) if old.settings.kind == p.kind => {
+                Some(old) if old.settings.partner == p.partner => {
                     if *old.settings != *p {
                         retimed.push((p.name.clone(), Arc::new(p.clone()), http_for(p)?));
                     }
@@ -1162,7 +1162,7 @@ impl Table {
         let generation = self.next_generation;
         self.next_generation += 1;
         Ok(Slot {
-            provider: Arc::from(providers::build(&p.kind)),
+            provider: p.partner.provider().clone(),
             settings: Arc::new(p.clone()),
             http,
             generation,
@@ -1215,7 +1215,7 @@ impl Slot {
         };
         ProviderStatus {
             provider: name.to_owned(),
-            kind: self.settings.kind.kind(),
+            kind: self.settings.partner.kind(),
             state: life.state(now.wall),
             expires_at: life.token().map(|t| t.expires_at),
             last_refresh: health.last_refresh,

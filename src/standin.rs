@@ -96,6 +96,9 @@ pub enum Mode {
     Trickle(Duration),
     /// Answer as the vendor does for wrong credentials.
     Reject,
+    /// 401 whose error fields echo the request: its `Authorization`
+    /// header and its body, as a careless partner's error page does.
+    Echo,
 }
 
 pub struct StandinOptions {
@@ -253,7 +256,7 @@ impl Standin {
         format!(
             "[providers.autoleap]\nkind = \"autoleap\"\nbase_url = {al:?}\npartner_id = {AUTOLEAP_PARTNER_ID:?}\nauth_key = {AUTOLEAP_AUTH_KEY:?}\n\n\
              [providers.makeleaps]\nkind = \"makeleaps\"\ntoken_url = {ml:?}\nclient_id = {MAKELEAPS_CLIENT_ID:?}\nclient_secret = {MAKELEAPS_CLIENT_SECRET:?}\npersist = true\n\n\
-             [providers.autovit]\nkind = \"autovit\"\ntoken_url = {av:?}\nclient_id = {AUTOVIT_CLIENT_ID:?}\nclient_secret = {AUTOVIT_CLIENT_SECRET:?}\ngrant_type = \"password\"\nusername = {AUTOVIT_USERNAME:?}\npassword = {AUTOVIT_PASSWORD:?}\nclient_auth = \"basic\"\n\n\
+             [providers.autovit]\nkind = \"autovit\"\ntoken_url = {av:?}\nclient_id = {AUTOVIT_CLIENT_ID}\nclient_secret = {AUTOVIT_CLIENT_SECRET:?}\ngrant_type = \"password\"\nusername = {AUTOVIT_USERNAME:?}\npassword = {AUTOVIT_PASSWORD:?}\nclient_auth = \"basic\"\n\n\
              [providers.autovit_partner]\nkind = \"autovit\"\ntoken_url = {av:?}\nclient_id = {AUTOVIT_CLIENT_ID:?}\nclient_secret = {AUTOVIT_CLIENT_SECRET:?}\ngrant_type = \"partner\"\npartner_code = {AUTOVIT_PARTNER_CODE:?}\npartner_secret = {AUTOVIT_PARTNER_SECRET:?}\nclient_auth = \"body\"\n\n\
              [providers.carrental]\nkind = \"carrental\"\nurl = {cr:?}\nusername = {CARRENTAL_USERNAME:?}\npassword = {CARRENTAL_PASSWORD:?}\n\n\
              [providers.oauth2]\nkind = \"oauth2\"\ntoken_url = {oa:?}\nclient_id = {OAUTH2_CLIENT_ID:?}\nclient_secret = {OAUTH2_CLIENT_SECRET:?}\ngrant_type = \"client_credentials\"\nscope = \"read write\"\nextra = {{ audience = \"pos\" }}\n",
@@ -741,6 +744,19 @@ fn handle(inner: &Inner, req: &Request) -> Outcome {
             }),
             200,
         ),
+        Mode::Echo => {
+            let said = format!(
+                "{} {}",
+                req.header("authorization").unwrap_or(""),
+                String::from_utf8_lossy(&req.body)
+            );
+            let body = serde_json::json!({
+                "error": "invalid_client",
+                "error_description": said,
+                "message": said,
+            });
+            (Outcome::Answer(Answer::json(401, body)), 401)
+        }
         Mode::Huge(n) => (Outcome::Huge(n), 200),
         Mode::Hang => (Outcome::Hang, 0),
         Mode::Close => (Outcome::Close, 0),
@@ -1185,7 +1201,7 @@ mod tests {
         assert!(b.contains("error_human_title"));
 
         // oauth2: Basic with form-encoded id and secret.
-        let enc = |x: &str| crate::providers::form_urlencode(x);
+        let enc = |x: &str| crate::providers::rfc6749::form_urlencode(x);
         let oa = format!(
             "Basic {}",
             base64::encode(

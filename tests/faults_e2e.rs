@@ -284,6 +284,20 @@ fn no_secret_or_token_reaches_the_log() {
     shown.push(agent.ask("REFRESH makeleaps").to_string());
     shown.push(agent.ask("STATUS").to_string());
     shown.push(stdout(&agent.cli(&["status"])));
+    // A partner whose error fields echo the request back: its Basic
+    // header (base64 of id:secret), its form or JSON body.
+    for kind in Kind::ALL {
+        partners.set_mode(kind, Mode::Echo);
+    }
+    for name in PROVIDERS {
+        shown.push(agent.ask(&format!("REFRESH {name}")).to_string());
+    }
+    let status = agent.ask("STATUS").to_string();
+    assert!(
+        status.matches("invalid_client").count() >= 5,
+        "the echoes reached STATUS: {status}"
+    );
+    shown.push(status);
     agent.signal(libc::SIGHUP);
     agent.ask("PING");
     agent.signal(libc::SIGTERM);
@@ -304,9 +318,32 @@ fn no_secret_or_token_reaches_the_log() {
         creds::CARRENTAL_PASSWORD,
         creds::OAUTH2_CLIENT_SECRET,
     ];
+    // Each secret as the requests carried it: as is, form-encoded, and
+    // inside the Basic headers.
+    let form = shop_auth_agent::providers::rfc6749::form_urlencode;
+    let b64 = |s: String| shop_auth_agent::base64::encode(s.as_bytes());
+    let mut carried: Vec<String> = secrets.iter().map(|s| form(s)).collect();
+    carried.extend([
+        b64(format!(
+            "{}:{}",
+            creds::MAKELEAPS_CLIENT_ID,
+            creds::MAKELEAPS_CLIENT_SECRET
+        )),
+        b64(format!(
+            "{}:{}",
+            creds::AUTOVIT_CLIENT_ID,
+            creds::AUTOVIT_CLIENT_SECRET
+        )),
+        b64(format!(
+            "{}:{}",
+            form(creds::OAUTH2_CLIENT_ID),
+            form(creds::OAUTH2_CLIENT_SECRET)
+        )),
+    ]);
     for s in secrets
         .iter()
         .copied()
+        .chain(carried.iter().map(String::as_str))
         .chain(issued.iter().map(String::as_str))
     {
         assert!(!log.contains(s), "the log contains a secret or token");

@@ -4,34 +4,40 @@
 //! JWT whose `exp` the token module reads (else `token_lifetime`).
 
 use super::{check_status, join_url, json_object, opt_str, required_str};
+use super::{scrub_list, Grant, Kind, Provider, ProviderError};
+use crate::config::KindKeys;
 use crate::http::{Http, Response};
-use crate::providers::{Grant, Provider, ProviderError};
 use crate::secret::Secret;
 use serde_json::json;
+use std::sync::Arc;
 
+pub const KIND: Kind = Kind {
+    name: "autoleap",
+    persist: true,
+    parse: parse_keys,
+};
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct AutoLeap {
     base_url: String,
     partner_id: String,
     auth_key: Secret,
 }
 
-impl AutoLeap {
-    pub fn new(base_url: String, partner_id: String, auth_key: Secret) -> AutoLeap {
-        AutoLeap {
-            base_url,
-            partner_id,
-            auth_key,
-        }
-    }
+fn parse_keys(keys: &mut KindKeys) -> Option<Arc<dyn Provider>> {
+    let base_url = keys.url("base_url", Some("https://partnerapi.myautoleap.com/v2/"));
+    let partner_id = keys.required_string("partner_id");
+    let auth_key = keys.required_secret("auth_key");
+    Some(Arc::new(AutoLeap {
+        base_url: base_url?,
+        partner_id: partner_id?,
+        auth_key: auth_key?,
+    }))
+}
 
+impl AutoLeap {
     fn url(&self, path: &str) -> String {
         join_url(&self.base_url, path)
-    }
-
-    fn secrets<'a>(&'a self, more: &[&'a str]) -> Vec<&'a str> {
-        let mut v = vec![self.auth_key.expose()];
-        v.extend_from_slice(more);
-        v
     }
 }
 
@@ -66,13 +72,21 @@ fn parse(resp: &Response, url: &str, secrets: &[&str]) -> Result<Grant, Provider
 }
 
 impl Provider for AutoLeap {
+    fn identity(&self) -> String {
+        format!("{} {}", self.base_url, self.partner_id)
+    }
+
+    fn secrets(&self) -> Vec<&Secret> {
+        vec![&self.auth_key]
+    }
+
     fn login(&self, http: &Http) -> Result<Grant, ProviderError> {
         let url = self.url("partners/login");
         let body = json!({"partnerId": self.partner_id, "authKey": self.auth_key.expose()});
         parse(
             &http.post_json(&url, None, &body)?,
             &url,
-            &self.secrets(&[]),
+            &scrub_list(self, &[]),
         )
     }
 
@@ -81,7 +95,7 @@ impl Provider for AutoLeap {
         let body = json!({"refreshToken": refresh.expose()});
         Some(
             http.post_json(&url, None, &body)
-                .and_then(|r| parse(&r, &url, &self.secrets(&[refresh.expose()]))),
+                .and_then(|r| parse(&r, &url, &scrub_list(self, &[refresh.expose()]))),
         )
     }
 
@@ -95,7 +109,7 @@ impl Provider for AutoLeap {
         let body = json!({"refreshToken": refresh.map(Secret::expose).unwrap_or("")});
         let resp = http.post_json(&url, Some(access.expose()), &body)?;
         let refresh = refresh.map(Secret::expose).unwrap_or("");
-        check_status(&resp, &url, &self.secrets(&[access.expose(), refresh]))
+        check_status(&resp, &url, &scrub_list(self, &[access.expose(), refresh]))
     }
 }
 

@@ -4,96 +4,119 @@
 //! example). Renewal with `grant_type=refresh_token`, which the document does
 //! not show but its answers carry a `refresh_token` for.
 
-use super::oauth_grant;
+use super::rfc6749::{refresh_fields, Client, ClientAuth};
+use super::{scrub_list, Grant, Kind, Provider, ProviderError};
+use crate::config::KindKeys;
 use crate::http::Http;
-use crate::providers::{AutovitGrant, ClientAuth, Grant, Provider, ProviderError};
 use crate::secret::Secret;
+use std::sync::Arc;
 
-pub struct Autovit {
-    token_url: String,
-    client_id: String,
-    client_secret: Secret,
-    grant: AutovitGrant,
-    client_auth: ClientAuth,
+pub const KIND: Kind = Kind {
+    name: "autovit",
+    persist: true,
+    parse,
+};
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum AutovitGrant {
+    Password {
+        username: String,
+        password: Secret,
+    },
+    Partner {
+        partner_code: String,
+        partner_secret: Secret,
+    },
 }
 
-impl Autovit {
-    pub fn new(
-        token_url: String,
-        client_id: String,
-        client_secret: Secret,
-        grant: AutovitGrant,
-        client_auth: ClientAuth,
-    ) -> Autovit {
-        Autovit {
-            token_url,
-            client_id,
-            client_secret,
-            grant,
-            client_auth,
-        }
-    }
+#[derive(Debug, Clone, PartialEq)]
+pub struct Autovit {
+    token_url: String,
+    client: Client,
+    grant: AutovitGrant,
+}
 
-    fn post(
-        &self,
-        http: &Http,
-        fields: &[(&str, &str)],
-        extra_secret: &str,
-    ) -> Result<Grant, ProviderError> {
-        let mut form: Vec<(&str, &str)> = Vec::with_capacity(fields.len() + 2);
-        let basic = match self.client_auth {
-            ClientAuth::Basic => Some((self.client_id.as_str(), self.client_secret.expose())),
-            ClientAuth::Body => {
-                form.push(("client_id", &self.client_id));
-                form.push(("client_secret", self.client_secret.expose()));
-                None
+fn parse(keys: &mut KindKeys) -> Option<Arc<dyn Provider>> {
+    let token_url = keys.url(
+        "token_url",
+        Some("https://www.autovit.ro/api/open/oauth/token"),
+    );
+    // The document types client_id as a Number; a string is taken too.
+    let id = keys.required_id("client_id");
+    let secret = keys.required_secret("client_secret");
+    let auth = ClientAuth::from_keys(keys, ClientAuth::BasicAsIs);
+    let grant = match keys.required_choice("grant_type", &[("password", 0), ("partner", 1)])? {
+        0 => {
+            let username = keys.required_string("username");
+            let password = keys.required_secret("password");
+            AutovitGrant::Password {
+                username: username?,
+                password: password?,
             }
-        };
-        form.extend_from_slice(fields);
-        let resp = http.post_form(&self.token_url, basic, &form)?;
-        oauth_grant(
-            &resp,
-            &self.token_url,
-            &[self.client_secret.expose(), extra_secret],
-        )
-    }
+        }
+        _ => {
+            let partner_code = keys.required_string("partner_code");
+            let partner_secret = keys.required_secret("partner_secret");
+            AutovitGrant::Partner {
+                partner_code: partner_code?,
+                partner_secret: partner_secret?,
+            }
+        }
+    };
+    Some(Arc::new(Autovit {
+        token_url: token_url?,
+        client: Client {
+            id: id?,
+            secret: Some(secret?),
+            auth,
+        },
+        grant,
+    }))
 }
 
 impl Provider for Autovit {
+    fn identity(&self) -> String {
+        let who = match &self.grant {
+            AutovitGrant::Password { username, .. } => username,
+            AutovitGrant::Partner { partner_code, .. } => partner_code,
+        };
+        format!("{} {} {who}", self.token_url, self.client.id)
+    }
+
+    fn secrets(&self) -> Vec<&Secret> {
+        let grant = match &self.grant {
+            AutovitGrant::Password { password, .. } => password,
+            AutovitGrant::Partner { partner_secret, .. } => partner_secret,
+        };
+        self.client.secret.iter().chain([grant]).collect()
+    }
+
     fn login(&self, http: &Http) -> Result<Grant, ProviderError> {
-        match &self.grant {
-            AutovitGrant::Password { username, password } => self.post(
-                http,
-                &[
-                    ("grant_type", "password"),
-                    ("username", username),
-                    ("password", password.expose()),
-                ],
-                password.expose(),
-            ),
+        let fields = match &self.grant {
+            AutovitGrant::Password { username, password } => [
+                ("grant_type", "password"),
+                ("username", username.as_str()),
+                ("password", password.expose()),
+            ],
             AutovitGrant::Partner {
                 partner_code,
                 partner_secret,
-            } => self.post(
-                http,
-                &[
-                    ("grant_type", "partner"),
-                    ("partner_code", partner_code),
-                    ("partner_secret", partner_secret.expose()),
-                ],
-                partner_secret.expose(),
-            ),
-        }
+            } => [
+                ("grant_type", "partner"),
+                ("partner_code", partner_code.as_str()),
+                ("partner_secret", partner_secret.expose()),
+            ],
+        };
+        self.client
+            .token_request(http, &self.token_url, &fields, &scrub_list(self, &[]))
     }
 
     fn renew(&self, http: &Http, refresh: &Secret) -> Option<Result<Grant, ProviderError>> {
-        Some(self.post(
+        Some(self.client.token_request(
             http,
-            &[
-                ("grant_type", "refresh_token"),
-                ("refresh_token", refresh.expose()),
-            ],
-            refresh.expose(),
+            &self.token_url,
+            &refresh_fields(refresh),
+            &scrub_list(self, &[refresh.expose()]),
         ))
     }
 }

@@ -7,26 +7,36 @@
 //! `token_lifetime`. No renewal: log in again.
 
 use super::{check_status, json_object, opt_secs, opt_str, required_str};
+use super::{scrub_list, Grant, Kind, Provider, ProviderError};
+use crate::config::KindKeys;
 use crate::http::{Http, Response};
-use crate::providers::{Grant, Provider, ProviderError};
 use crate::secret::Secret;
 use crate::timefmt::parse_timestamp;
 use serde_json::json;
+use std::sync::Arc;
 
+pub const KIND: Kind = Kind {
+    name: "carrental",
+    persist: true,
+    parse: parse_keys,
+};
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct Carrental {
     url: String,
     username: String,
     password: Secret,
 }
 
-impl Carrental {
-    pub fn new(url: String, username: String, password: Secret) -> Carrental {
-        Carrental {
-            url,
-            username,
-            password,
-        }
-    }
+fn parse_keys(keys: &mut KindKeys) -> Option<Arc<dyn Provider>> {
+    let url = keys.url("url", None);
+    let username = keys.required_string("username");
+    let password = keys.required_secret("password");
+    Some(Arc::new(Carrental {
+        url: url?,
+        username: username?,
+        password: password?,
+    }))
 }
 
 fn parse(resp: &Response, url: &str, secrets: &[&str]) -> Result<Grant, ProviderError> {
@@ -51,10 +61,18 @@ fn parse(resp: &Response, url: &str, secrets: &[&str]) -> Result<Grant, Provider
 }
 
 impl Provider for Carrental {
+    fn identity(&self) -> String {
+        format!("{} {}", self.url, self.username)
+    }
+
+    fn secrets(&self) -> Vec<&Secret> {
+        vec![&self.password]
+    }
+
     fn login(&self, http: &Http) -> Result<Grant, ProviderError> {
         let body = json!({"userName": self.username, "password": self.password.expose()});
         let resp = http.post_json(&self.url, None, &body)?;
-        parse(&resp, &self.url, &[self.password.expose()])
+        parse(&resp, &self.url, &scrub_list(self, &[]))
     }
 }
 

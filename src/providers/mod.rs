@@ -8,10 +8,14 @@ mod autovit;
 mod carrental;
 mod makeleaps;
 mod oauth2;
+pub mod rfc6749;
 
+use crate::config::KindKeys;
 use crate::http::Http;
 use crate::secret::Secret;
+use std::any::Any;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// What a partner handed out. Lifetime fields are as the partner stated them;
@@ -134,8 +138,17 @@ impl fmt::Display for ProviderError {
 
 impl std::error::Error for ProviderError {}
 
-/// One partner kind.
-pub trait Provider: Send + Sync {
+/// One configured partner account of some kind. Its settings are its
+/// fields (Debug must redact: hold secrets as [`Secret`]).
+pub trait Provider: Send + Sync + fmt::Debug + DynEq {
+    /// What identifies the account at the partner (URL, user, client id),
+    /// without any secret: a stored token is reused only while it is the same.
+    fn identity(&self) -> String;
+
+    /// Every configured secret the account's requests carry: scrubbed from
+    /// whatever a partner says back (see [`scrub_list`]).
+    fn secrets(&self) -> Vec<&Secret>;
+
     /// A full login with the configured credentials.
     fn login(&self, http: &Http) -> Result<Grant, ProviderError>;
 
@@ -158,138 +171,96 @@ pub trait Provider: Send + Sync {
     }
 }
 
-/// How the OAuth-style kinds present their client id and secret.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClientAuth {
-    /// HTTP Basic `Authorization` header.
-    Basic,
-    /// `client_id` / `client_secret` form fields.
-    Body,
+/// A partner kind: its name in the config's `kind` key, whether its tokens
+/// are persisted when the config does not say, and how it reads its keys.
+/// Each kind's file holds its `KIND`, and [`KINDS`] lists them: that line
+/// and the file are all a new kind needs.
+pub struct Kind {
+    pub name: &'static str,
+    /// The default of the `persist` key.
+    pub persist: bool,
+    /// Reads the kind's own keys of a `[providers.NAME]` section (every
+    /// problem reported through `keys`); `None` when one was wrong.
+    pub parse: fn(&mut KindKeys) -> Option<Arc<dyn Provider>>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub enum AutovitGrant {
-    Password {
-        username: String,
-        password: Secret,
-    },
-    Partner {
-        partner_code: String,
-        partner_secret: Secret,
-    },
+/// Every kind the config accepts, in the order error messages list them.
+pub const KINDS: &[&Kind] = &[
+    &autoleap::KIND,
+    &makeleaps::KIND,
+    &autovit::KIND,
+    &carrental::KIND,
+    &oauth2::KIND,
+];
+
+/// The kind named `name`.
+pub fn kind(name: &str) -> Option<&'static Kind> {
+    KINDS.iter().copied().find(|k| k.name == name)
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub enum OAuth2Grant {
-    ClientCredentials,
-    Password { username: String, password: Secret },
+/// Equality through `dyn Provider`: settings compare their providers to
+/// tell a changed account (a fresh start) from changed timings.
+pub trait DynEq {
+    fn as_any(&self) -> &dyn Any;
+    fn dyn_eq(&self, other: &dyn Any) -> bool;
 }
 
-/// The validated, kind-specific part of a provider's configuration.
-#[derive(Debug, Clone, PartialEq)]
-pub enum KindSettings {
-    AutoLeap {
-        base_url: String,
-        partner_id: String,
-        auth_key: Secret,
-    },
-    MakeLeaps {
-        token_url: String,
-        client_id: String,
-        client_secret: Secret,
-        scope: Option<String>,
-    },
-    Autovit {
-        token_url: String,
-        client_id: String,
-        client_secret: Secret,
-        grant: AutovitGrant,
-        client_auth: ClientAuth,
-    },
-    Carrental {
-        url: String,
-        username: String,
-        password: Secret,
-    },
-    OAuth2 {
-        token_url: String,
-        client_id: String,
-        client_secret: Option<Secret>,
-        grant: OAuth2Grant,
-        client_auth: ClientAuth,
-        scope: Option<String>,
-        extra: Vec<(String, String)>,
-    },
+impl<T: PartialEq + 'static> DynEq for T {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn dyn_eq(&self, other: &dyn Any) -> bool {
+        other.downcast_ref::<T>().is_some_and(|o| self == o)
+    }
 }
 
-impl KindSettings {
+/// A configured partner account: its kind and the provider built from the
+/// kind's keys (secrets included, so a changed secret is a changed account).
+#[derive(Clone)]
+pub struct Partner {
+    kind: &'static Kind,
+    provider: Arc<dyn Provider>,
+}
+
+impl Partner {
+    pub fn new(kind: &'static Kind, provider: Arc<dyn Provider>) -> Partner {
+        Partner { kind, provider }
+    }
+
     /// The `kind` string as written in the config.
     pub fn kind(&self) -> &'static str {
-        match self {
-            KindSettings::AutoLeap { .. } => "autoleap",
-            KindSettings::MakeLeaps { .. } => "makeleaps",
-            KindSettings::Autovit { .. } => "autovit",
-            KindSettings::Carrental { .. } => "carrental",
-            KindSettings::OAuth2 { .. } => "oauth2",
-        }
+        self.kind.name
+    }
+
+    pub fn provider(&self) -> &Arc<dyn Provider> {
+        &self.provider
+    }
+
+    /// What identifies the account at the partner, without any secret.
+    pub fn identity(&self) -> String {
+        format!("{} {}", self.kind.name, self.provider.identity())
     }
 }
 
-/// The provider implementation for validated settings.
-pub fn build(settings: &KindSettings) -> Box<dyn Provider> {
-    match settings.clone() {
-        KindSettings::AutoLeap {
-            base_url,
-            partner_id,
-            auth_key,
-        } => Box::new(autoleap::AutoLeap::new(base_url, partner_id, auth_key)),
-        KindSettings::MakeLeaps {
-            token_url,
-            client_id,
-            client_secret,
-            scope,
-        } => Box::new(makeleaps::MakeLeaps::new(
-            token_url,
-            client_id,
-            client_secret,
-            scope,
-        )),
-        KindSettings::Autovit {
-            token_url,
-            client_id,
-            client_secret,
-            grant,
-            client_auth,
-        } => Box::new(autovit::Autovit::new(
-            token_url,
-            client_id,
-            client_secret,
-            grant,
-            client_auth,
-        )),
-        KindSettings::Carrental {
-            url,
-            username,
-            password,
-        } => Box::new(carrental::Carrental::new(url, username, password)),
-        KindSettings::OAuth2 {
-            token_url,
-            client_id,
-            client_secret,
-            grant,
-            client_auth,
-            scope,
-            extra,
-        } => Box::new(oauth2::OAuth2::new(
-            token_url,
-            client_id,
-            client_secret,
-            grant,
-            client_auth,
-            scope,
-            extra,
-        )),
+impl PartialEq for Partner {
+    fn eq(&self, other: &Partner) -> bool {
+        self.kind.name == other.kind.name && self.provider.dyn_eq(other.provider.as_any())
     }
+}
+
+impl fmt::Debug for Partner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The providers' own Debug: secrets in them print redacted.
+        self.provider.fmt(f)
+    }
+}
+
+/// The strings to scrub from a partner's answer to a request of `p`: its
+/// configured secrets and the tokens the request carried (`more`).
+pub fn scrub_list<'a>(p: &'a dyn Provider, more: &[&'a str]) -> Vec<&'a str> {
+    let mut list: Vec<&str> = p.secrets().into_iter().map(Secret::expose).collect();
+    list.extend_from_slice(more);
+    list
 }
 
 /// Joins a base URL and a path with exactly one `/` (docs/partners.md).
@@ -353,12 +324,7 @@ fn partner_message(body: &[u8], secrets: &[&str]) -> Option<String> {
     // Scrubbed first, as the partner wrote it: blanking control characters
     // or trimming first would hide a secret that holds one (a tab, a CR
     // from a Windows-saved secret file) from the match (found by fuzzing).
-    .map(|part| {
-        secrets
-            .iter()
-            .filter(|s| !s.is_empty())
-            .fold(part.to_owned(), |t, s| t.replace(s, "***"))
-    })
+    .map(|part| crate::secret::scrub(part, secrets))
     .map(|part| part.trim().to_owned())
     .filter(|s| !s.is_empty())
     .collect();
@@ -449,37 +415,6 @@ pub fn opt_secs(obj: &Map<String, Value>, field: &str) -> Option<u64> {
         _ => return None,
     };
     (0.0..1e12).contains(&f).then(|| f.floor() as u64)
-}
-
-/// An RFC 6749 §5.1 token response (MakeLeaps, Autovit, `oauth2`).
-pub fn oauth_grant(resp: &Response, url: &str, secrets: &[&str]) -> Result<Grant, ProviderError> {
-    check_status(resp, url, secrets)?;
-    let obj = json_object(resp, url)?;
-    Ok(Grant {
-        access: Secret::new(required_str(&obj, "access_token", url)?),
-        refresh: opt_str(&obj, "refresh_token").map(Secret::new),
-        token_type: opt_str(&obj, "token_type"),
-        scope: opt_str(&obj, "scope"),
-        expires_at: None,
-        expires_in: opt_secs(&obj, "expires_in"),
-        server_date: resp.date,
-    })
-}
-
-/// `application/x-www-form-urlencoded` encoding of one value, as RFC 6749
-/// §2.3.1 asks for the client id and secret before HTTP Basic.
-pub fn form_urlencode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
-                out.push(b as char)
-            }
-            b' ' => out.push('+'),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -584,31 +519,6 @@ mod tests {
     }
 
     #[test]
-    fn oauth_responses() {
-        let g = oauth_grant(
-            &resp(200, r#"{"access_token":"a","token_type":"bearer","expires_in":"3600","refresh_token":"r","scope":"s"}"#),
-            "https://x/t",
-            &[],
-        )
-        .unwrap();
-        assert_eq!(g.access.expose(), "a");
-        assert_eq!(g.refresh.unwrap().expose(), "r");
-        assert_eq!(g.expires_in, Some(3600));
-        for (body, needle) in [
-            ("", "not JSON"),
-            ("<html>", "not JSON"),
-            ("[1]", "not an object"),
-            (r#"{"token_type":"Bearer"}"#, "has no access_token"),
-            (r#"{"access_token":""}"#, "empty access_token"),
-            (r#"{"access_token":5}"#, "not a string"),
-        ] {
-            let e = oauth_grant(&resp(200, body), "https://x/t", &[]).unwrap_err();
-            assert_eq!(e.kind, ErrorKind::BadResponse);
-            assert!(e.message.contains(needle), "{body}: {e}");
-        }
-    }
-
-    #[test]
     fn seconds_in_their_many_forms() {
         let obj = |v: Value| v.as_object().unwrap().clone();
         assert_eq!(opt_secs(&obj(serde_json::json!({"e": 60})), "e"), Some(60));
@@ -625,7 +535,7 @@ mod tests {
     }
 
     #[test]
-    fn url_join_and_form_encoding() {
+    fn url_join() {
         assert_eq!(
             join_url("https://a/v2/", "/partners/login"),
             "https://a/v2/partners/login"
@@ -634,6 +544,5 @@ mod tests {
             join_url("https://a/v2", "partners/login"),
             "https://a/v2/partners/login"
         );
-        assert_eq!(form_urlencode("s3cr:t+/= x"), "s3cr%3At%2B%2F%3D+x");
     }
 }

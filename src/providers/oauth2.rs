@@ -4,84 +4,106 @@
 //! secret before base64 (§2.3.1); a public client (no secret) sends its
 //! `client_id` in the body (§3.2.1).
 
-use super::{form_urlencode, oauth_grant};
+use super::rfc6749::{refresh_fields, Client, ClientAuth};
+use super::{scrub_list, Grant, Kind, Provider, ProviderError};
+use crate::config::KindKeys;
 use crate::http::Http;
-use crate::providers::{ClientAuth, Grant, OAuth2Grant, Provider, ProviderError};
 use crate::secret::Secret;
+use std::sync::Arc;
 
+pub const KIND: Kind = Kind {
+    name: "oauth2",
+    persist: true,
+    parse,
+};
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum OAuth2Grant {
+    ClientCredentials,
+    Password { username: String, password: Secret },
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct OAuth2 {
     token_url: String,
-    client_id: String,
-    client_secret: Option<Secret>,
+    client: Client,
     grant: OAuth2Grant,
-    client_auth: ClientAuth,
     scope: Option<String>,
+    /// More form fields for every request (`audience`, `resource`, …).
     extra: Vec<(String, String)>,
 }
 
-impl OAuth2 {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        token_url: String,
-        client_id: String,
-        client_secret: Option<Secret>,
-        grant: OAuth2Grant,
-        client_auth: ClientAuth,
-        scope: Option<String>,
-        extra: Vec<(String, String)>,
-    ) -> OAuth2 {
-        OAuth2 {
-            token_url,
-            client_id,
-            client_secret,
-            grant,
-            client_auth,
-            scope,
-            extra,
+fn parse(keys: &mut KindKeys) -> Option<Arc<dyn Provider>> {
+    let token_url = keys.url("token_url", None);
+    let id = keys.required_string("client_id");
+    let secret = keys.secret("client_secret");
+    let auth = ClientAuth::from_keys(keys, ClientAuth::Basic);
+    let scope = keys.string("scope");
+    let grant = match keys.required_choice(
+        "grant_type",
+        &[("client_credentials", false), ("password", true)],
+    )? {
+        false => OAuth2Grant::ClientCredentials,
+        true => {
+            let username = keys.required_string("username");
+            let password = keys.required_secret("password");
+            OAuth2Grant::Password {
+                username: username?,
+                password: password?,
+            }
         }
-    }
+    };
+    let extra = keys.string_table("extra");
+    Some(Arc::new(OAuth2 {
+        token_url: token_url?,
+        client: Client {
+            id: id?,
+            secret,
+            auth,
+        },
+        grant,
+        scope,
+        extra,
+    }))
+}
 
+impl OAuth2 {
+    /// The grant's fields with the scope and extras; `token` is the
+    /// refresh token a renewal carries.
     fn post(
         &self,
         http: &Http,
-        fields: &[(&str, &str)],
-        extra_secret: &str,
+        grant: &[(&str, &str)],
+        token: &str,
     ) -> Result<Grant, ProviderError> {
-        let mut form: Vec<(&str, &str)> = fields.to_vec();
-        let encoded;
-        let basic = match (&self.client_secret, self.client_auth) {
-            (Some(secret), ClientAuth::Basic) => {
-                encoded = (
-                    form_urlencode(&self.client_id),
-                    form_urlencode(secret.expose()),
-                );
-                Some((encoded.0.as_str(), encoded.1.as_str()))
-            }
-            (Some(secret), ClientAuth::Body) => {
-                form.push(("client_id", &self.client_id));
-                form.push(("client_secret", secret.expose()));
-                None
-            }
-            (None, _) => {
-                form.push(("client_id", &self.client_id));
-                None
-            }
-        };
+        let mut form: Vec<(&str, &str)> = grant.to_vec();
         if let Some(scope) = &self.scope {
             form.push(("scope", scope));
         }
         form.extend(self.extra.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        let resp = http.post_form(&self.token_url, basic, &form)?;
-        let secret = self
-            .client_secret
-            .as_ref()
-            .map(Secret::expose)
-            .unwrap_or("");
-        oauth_grant(&resp, &self.token_url, &[secret, extra_secret])
+        self.client
+            .token_request(http, &self.token_url, &form, &scrub_list(self, &[token]))
     }
 }
 
 impl Provider for OAuth2 {
+    fn identity(&self) -> String {
+        let who = match &self.grant {
+            OAuth2Grant::ClientCredentials => "",
+            OAuth2Grant::Password { username, .. } => username,
+        };
+        let scope = self.scope.as_deref().unwrap_or("");
+        format!("{} {} {who} {scope}", self.token_url, self.client.id)
+    }
+
+    fn secrets(&self) -> Vec<&Secret> {
+        let password = match &self.grant {
+            OAuth2Grant::ClientCredentials => None,
+            OAuth2Grant::Password { password, .. } => Some(password),
+        };
+        self.client.secret.iter().chain(password).collect()
+    }
+
     fn login(&self, http: &Http) -> Result<Grant, ProviderError> {
         match &self.grant {
             OAuth2Grant::ClientCredentials => {
@@ -94,19 +116,12 @@ impl Provider for OAuth2 {
                     ("username", username),
                     ("password", password.expose()),
                 ],
-                password.expose(),
+                "",
             ),
         }
     }
 
     fn renew(&self, http: &Http, refresh: &Secret) -> Option<Result<Grant, ProviderError>> {
-        Some(self.post(
-            http,
-            &[
-                ("grant_type", "refresh_token"),
-                ("refresh_token", refresh.expose()),
-            ],
-            refresh.expose(),
-        ))
+        Some(self.post(http, &refresh_fields(refresh), refresh.expose()))
     }
 }
