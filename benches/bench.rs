@@ -12,7 +12,7 @@
 //!
 //! BENCHMARKS.md says what each figure means and holds the last results.
 
-use shop_auth_agent::standin::{Standin, StandinOptions};
+use standins::{Standin, StandinOptions};
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;

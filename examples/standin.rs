@@ -4,7 +4,7 @@
 //!
 //!     cargo run --example standin [-- LIFETIME_SECS]
 
-use shop_auth_agent::standin::{Standin, StandinOptions};
+use standins::{Standin, StandinOptions};
 use std::time::Duration;
 
 fn main() {

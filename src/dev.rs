@@ -6,7 +6,7 @@
 use crate::agent::Agent;
 use crate::config::{self, ConfigError, Settings};
 use crate::paths;
-use crate::standin::{Standin, StandinOptions};
+use standins::{Standin, StandinOptions};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

@@ -24,7 +24,7 @@ pub mod rand;
 pub mod scheduler;
 pub mod secret;
 pub mod server;
-pub mod standin;
+
 pub mod store;
 pub mod sys;
 pub mod timefmt;

@@ -109,12 +109,14 @@ pub fn format_rfc3339(unix: i64) -> String {
     )
 }
 
+#[cfg(test)]
 const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
 const MONTHS: [&str; 12] = [
     "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
 ];
 
 /// `Sun, 06 Nov 1994 08:49:37 GMT` (IMF-fixdate, RFC 9110 §5.6.7).
+#[cfg(test)]
 pub fn format_http_date(unix: i64) -> String {
     let days = unix.div_euclid(86_400);
     let (y, mo, d) = civil_from_days(days);

@@ -2,11 +2,11 @@
 //! restart from the store.
 
 use crate::util::*;
-use shop_auth_agent::standin::{Kind, Mode};
+use standins::{Kind, Mode};
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-fn all_kinds(tag: &str) -> (TempDir, shop_auth_agent::standin::Standin, Agent) {
+fn all_kinds(tag: &str) -> (TempDir, standins::Standin, Agent) {
     let dir = TempDir::new(tag);
     let partners = standin();
     write_config(&dir, &config_text(&dir, "", &partners.providers_toml()));
@@ -496,7 +496,7 @@ fn makeleaps_tokens_stay_off_the_disk_by_default() {
     assert!(!on_disk.contains(&ml), "a MakeLeaps token reached the disk");
     assert!(on_disk.contains(&cr), "the other kinds' tokens are kept");
     // After a restart with the partner down: no MakeLeaps token.
-    partners.set_mode(Kind::MakeLeaps, shop_auth_agent::standin::Mode::Close);
+    partners.set_mode(Kind::MakeLeaps, standins::Mode::Close);
     let agent = Agent::start(&dir);
     assert_eq!(agent.ask("TOKEN carrental")["access_token"], cr.as_str());
     assert_eq!(agent.ask("TOKEN makeleaps")["error"], "no_token");

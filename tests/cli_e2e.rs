@@ -77,7 +77,7 @@ fn world_readable_config_with_inline_secret_is_refused() {
         "{err}"
     );
     // The secret itself is never printed.
-    assert!(!err.contains(shop_auth_agent::standin::creds::MAKELEAPS_CLIENT_SECRET));
+    assert!(!err.contains(standins::creds::MAKELEAPS_CLIENT_SECRET));
     // 0640 is fine (root:shop-auth-agent in the .deb).
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
     let out = bin()
@@ -146,8 +146,8 @@ fn client_commands_and_their_exit_codes() {
 
     // A partner that fails makes `refresh --all` exit 75.
     partners.set_mode(
-        shop_auth_agent::standin::Kind::Carrental,
-        shop_auth_agent::standin::Mode::Status {
+        standins::Kind::Carrental,
+        standins::Mode::Status {
             status: 503,
             body: String::new(),
             retry_after: None,

@@ -6,7 +6,7 @@
 
 use crate::util::*;
 use serde_json::Value;
-use shop_auth_agent::standin::{Kind, Mode, Standin};
+use standins::{Kind, Mode, Standin};
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;

@@ -4,8 +4,8 @@
 //! stand-in partners keep the real time, as real partners would.
 
 use crate::util::*;
-use shop_auth_agent::standin::{Kind, Mode};
 use shop_auth_agent::timefmt::TEST_CLOCK_ENV;
+use standins::{Kind, Mode};
 
 fn set_clock(file: &std::path::Path, offset: i64) {
     std::fs::write(file, offset.to_string()).unwrap();

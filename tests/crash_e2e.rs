@@ -6,7 +6,7 @@
 
 use crate::util::*;
 use serde_json::Value;
-use shop_auth_agent::standin::{Kind, Mode};
+use standins::{Kind, Mode};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

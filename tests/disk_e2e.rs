@@ -178,8 +178,8 @@ fn a_full_or_read_only_disk_keeps_tokens_in_memory_and_catches_up() {
 
     // What reached the disk survives a crash.
     agent.kill9();
-    for kind in shop_auth_agent::standin::Kind::ALL {
-        partners.set_mode(kind, shop_auth_agent::standin::Mode::Close);
+    for kind in standins::Kind::ALL {
+        partners.set_mode(kind, standins::Mode::Close);
     }
     let agent = Agent::start(&dir);
     let t = agent.ask("TOKEN makeleaps");
@@ -191,7 +191,7 @@ fn a_full_or_read_only_disk_keeps_tokens_in_memory_and_catches_up() {
 
 #[test]
 fn a_store_that_opens_late_keeps_the_tokens_it_held() {
-    use shop_auth_agent::standin::{Kind, Mode};
+    use standins::{Kind, Mode};
     let dir = TempDir::new("latestore");
     let Some(fs) = Tmpfs::mount(&dir.join("state"), "4m") else {
         return;

@@ -3,7 +3,7 @@
 //! ever reaches the log.
 
 use crate::util::*;
-use shop_auth_agent::standin::{creds, Kind, Mode, Standin, StandinOptions};
+use standins::{creds, Kind, Mode, Standin, StandinOptions};
 use std::sync::Arc;
 use std::time::Duration;
 

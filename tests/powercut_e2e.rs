@@ -18,7 +18,7 @@
 
 use crate::util::*;
 use serde_json::Value;
-use shop_auth_agent::standin::{Kind, Mode};
+use standins::{Kind, Mode};
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -375,7 +375,7 @@ fn power_cut_during_renewals_never_loses_a_served_token() {
 /// What went wrong after one cut (empty: nothing).
 fn check_after_cut(
     agent: &Agent,
-    partners: &shop_auth_agent::standin::Standin,
+    partners: &standins::Standin,
     served: &Mutex<HashMap<String, String>>,
     file: &Path,
     newer: &mut usize,

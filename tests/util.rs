@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use serde_json::Value;
-use shop_auth_agent::standin::{Standin, StandinOptions};
+use standins::{Standin, StandinOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
@@ -249,7 +249,7 @@ impl Drop for Agent {
 /// Fails if `text` holds a stand-in credential or anything shaped like the
 /// tokens the stand-ins issue (40 hex digits, `rT` + 30 hex digits, a JWT).
 pub fn assert_no_leak(text: &str) {
-    use shop_auth_agent::standin::creds::*;
+    use standins::creds::*;
     for secret in [
         AUTOLEAP_AUTH_KEY,
         MAKELEAPS_CLIENT_SECRET,
@@ -337,11 +337,11 @@ pub fn stderr(out: &std::process::Output) -> String {
 /// backoff of the failure before.
 pub fn healthy(
     agent: &Agent,
-    partners: &shop_auth_agent::standin::Standin,
-    kind: shop_auth_agent::standin::Kind,
+    partners: &standins::Standin,
+    kind: standins::Kind,
     name: &str,
 ) -> Value {
-    partners.set_mode(kind, shop_auth_agent::standin::Mode::Normal);
+    partners.set_mode(kind, standins::Mode::Normal);
     agent.wait_status(name, "a renewal after the failures", |p| {
         p["failures"] == 0 && p["state"] == "fresh"
     });

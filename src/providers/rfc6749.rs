@@ -22,8 +22,8 @@ pub enum ClientAuth {
 }
 
 impl ClientAuth {
-    /// The `client_auth` key: `"basic"` (meaning `basic`, the kind's reading
-    /// of HTTP Basic) or `"body"`.
+    /// The `client_auth` key: `"basic"` (HTTP Basic as the kind reads it:
+    /// `basic`) or `"body"`; `basic` when absent.
     pub fn from_keys(keys: &mut KindKeys, basic: ClientAuth) -> ClientAuth {
         keys.choice(
             "client_auth",
