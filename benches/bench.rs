@@ -742,7 +742,9 @@ struct Io {
 
 impl Io {
     fn of(pid: u32) -> Io {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
+        let text = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_else(|e| {
+            panic!("/proc/{pid}/io: {e} (the agent makes itself undumpable, which gives its /proc files to root: run the bench as root)")
+        });
         let field = |name: &str| -> u64 {
             text.lines()
                 .find_map(|l| l.strip_prefix(name))

@@ -142,6 +142,11 @@ fn config_path(args: &Args) -> PathBuf {
 }
 
 fn run(args: &Args) -> i32 {
+    // Before the config, which resolves the secrets.
+    if let Err(e) = crate::sys::harden_process() {
+        log::error!("cannot make the process undumpable: {e}");
+        return exit::OSERR;
+    }
     let path = config_path(args);
     let settings = match config::load(&path, &paths::process_env) {
         Ok(s) => s,
@@ -183,6 +188,16 @@ fn check_config(args: &Args) -> i32 {
                 if names.is_empty() { "" } else { ": " },
                 names.join(", ")
             );
+            for p in &s.providers {
+                if let (Some(file), crate::tokenfile::Readers::Nobody) = (&p.file, p.file_readers) {
+                    println!(
+                        "note: providers.{}: the token file {} is readable by root and the agent only \
+                         (its allow lists name no group; file_group can name one of them)",
+                        p.name,
+                        file.display()
+                    );
+                }
+            }
             exit::OK
         }
         Err(e) => {

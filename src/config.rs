@@ -51,6 +51,8 @@ pub struct ProviderSettings {
     pub persist: bool,
     pub ca_pem: Option<Vec<u8>>,
     pub file: Option<PathBuf>,
+    /// Who may read the token file besides root and the agent.
+    pub file_readers: crate::tokenfile::Readers,
     /// `None`: anyone who can open the socket.
     pub access: Option<Access>,
 }
@@ -195,7 +197,8 @@ pub fn parse(
                 cx.problem(&path, "provider names are 1 to 64 of a-z, 0-9, _ and -");
             }
             if let Some(fields) = table.table(&mut cx, &name) {
-                if let Some(p) = parse_provider(&mut cx, &name, fields, &defaults) {
+                let socket_group = agent.as_ref().and_then(|a| a.socket_group);
+                if let Some(p) = parse_provider(&mut cx, &name, fields, &defaults, socket_group) {
                     providers.push(p);
                 }
             }
@@ -614,6 +617,7 @@ fn parse_provider(
     name: &str,
     f: Fields,
     defaults: &Defaults,
+    socket_group: Option<u32>,
 ) -> Option<ProviderSettings> {
     let mut d = defaults.clone();
     let mut f = apply_common(cx, f, &mut d);
@@ -625,7 +629,15 @@ fn parse_provider(
         checked.map_err(|e| cx.problem(&f.key("ca_file"), e)).ok()
     });
     let file = f.string(cx, "file").map(|p| cx.resolve(&p));
+    if let Some(path) = &file {
+        if let Err(e) = crate::tokenfile::check_dir(path, &trusted_uids()) {
+            cx.problem(&f.key("file"), e);
+        }
+    }
+    let file_group = f.string(cx, "file_group");
+    let file_group_key = f.key("file_group");
     let access = parse_access(cx, &mut f);
+    let file_readers = file_readers(cx, &file_group_key, file_group, &access, socket_group);
     let partner = match f.required_string(cx, "kind") {
         Some(name) => parse_kind(cx, &mut f, &name),
         None => {
@@ -648,8 +660,63 @@ fn parse_provider(
         persist,
         ca_pem,
         file,
+        file_readers,
         access,
     })
+}
+
+/// Root, the agent's own user, and the packaged service user: the owners a
+/// token file's folders may have.
+fn trusted_uids() -> Vec<u32> {
+    let mut uids = vec![0, sys::current_uid()];
+    uids.extend(sys::user_id(paths::DEFAULT_GROUP).ok().flatten());
+    uids
+}
+
+/// Who may read a provider's token file. It must not widen the allow
+/// lists: without them, the socket group (anyone who can reach the socket
+/// may read the token anyway) or `file_group`; with them, `file_group` must
+/// be one of the allowed groups and defaults to the first; allow lists
+/// that name no group leave the file to root and the agent (0600).
+fn file_readers(
+    cx: &mut Cx,
+    key: &str,
+    file_group: Option<String>,
+    access: &Option<Access>,
+    socket_group: Option<u32>,
+) -> crate::tokenfile::Readers {
+    use crate::tokenfile::Readers;
+    let gid = match file_group {
+        None => None,
+        Some(name) => match sys::group_id(&name) {
+            Ok(Some(gid)) => Some(gid),
+            Ok(None) => {
+                cx.problem(key, format!("no group named {name:?}"));
+                return Readers::Nobody;
+            }
+            Err(e) => {
+                cx.problem(key, format!("looking up {name:?}: {e}"));
+                return Readers::Nobody;
+            }
+        },
+    };
+    match (access, gid) {
+        (None, Some(gid)) => Readers::Group(Some(gid)),
+        (None, None) => Readers::Group(socket_group),
+        (Some(a), Some(gid)) if a.gids.contains(&gid) => Readers::Group(Some(gid)),
+        (Some(_), Some(_)) => {
+            cx.problem(
+                key,
+                "must be one of the provider's allow_groups or allow_gids: \
+                 the token file must not be readable by more than the socket serves",
+            );
+            Readers::Nobody
+        }
+        (Some(a), None) => a
+            .gids
+            .first()
+            .map_or(Readers::Nobody, |gid| Readers::Group(Some(*gid))),
+    }
 }
 
 /// A list item naming a user or group, resolved to its id.
@@ -901,6 +968,38 @@ mod tests {
                 .map(|p| format!("{}: {}", p.path, p.message))
                 .collect(),
         }
+    }
+
+    #[test]
+    fn token_files_are_never_readable_by_more_than_the_allow_lists() {
+        use crate::tokenfile::Readers;
+        let readers = |extra: &str| {
+            let text = format!(
+                "[providers.a]\nkind = \"carrental\"\nurl = \"https://x/a\"\nusername = \"u\"\npassword = \"p\"\n{extra}"
+            );
+            parse(&text, "test", None, false, &no_env).map(|s| s.providers[0].file_readers)
+        };
+        let socket_group = sys::group_id(paths::DEFAULT_GROUP).ok().flatten();
+        assert_eq!(readers("").unwrap(), Readers::Group(socket_group));
+        assert_eq!(
+            readers("file_group = \"root\"").unwrap(),
+            Readers::Group(Some(0))
+        );
+        assert_eq!(
+            readers("allow_gids = [5, 0]").unwrap(),
+            Readers::Group(Some(5))
+        );
+        assert_eq!(
+            readers("allow_gids = [5, 0]\nfile_group = \"root\"").unwrap(),
+            Readers::Group(Some(0))
+        );
+        assert_eq!(readers("allow_uids = [1000]").unwrap(), Readers::Nobody);
+        let e = readers("allow_gids = [5]\nfile_group = \"root\"").unwrap_err();
+        assert_eq!(e.problems.len(), 1, "{e}");
+        assert_eq!(e.problems[0].path, "providers.a.file_group");
+        assert!(e.problems[0].message.contains("allow_groups"), "{e}");
+        let e = readers("file_group = \"no-such-group-here\"").unwrap_err();
+        assert!(e.to_string().contains("no group named"), "{e}");
     }
 
     #[test]

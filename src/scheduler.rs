@@ -65,7 +65,6 @@ struct Table {
     store_error: Option<String>,
     /// The underlying error of `store_error`, for logging it once.
     store_cause: Option<String>,
-    socket_group: Option<u32>,
     /// Who may LOGOUT and log a provider back in: root and `admin_groups`.
     admins: Access,
     /// Connections one uid may hold open (`max_connections_per_uid`).
@@ -211,7 +210,6 @@ impl Scheduler {
             config_error: None,
             store_error: None,
             store_cause: None,
-            socket_group: settings.agent.socket_group,
             admins: admins(settings),
             max_connections_per_uid: settings.agent.max_connections_per_uid,
             next_generation: 1,
@@ -573,8 +571,7 @@ impl Scheduler {
                 let state = lifecycle::fresh_or_renewing(at, now);
                 let mut line = protocol::token(name, t, state, now);
                 line.push('\n');
-                let gid = self.lock().socket_group;
-                tokenfile::write(path, line.as_bytes(), gid)
+                tokenfile::write(path, line.as_bytes(), settings.file_readers)
             }
             None => tokenfile::remove(path),
         };
@@ -939,7 +936,6 @@ impl Scheduler {
         let removed: Vec<Slot> = std::mem::take(&mut table.slots).into_values().collect();
         let removed_names: Vec<String> = removed.iter().map(|s| s.settings.name.clone()).collect();
         table.slots = fresh;
-        table.socket_group = settings.agent.socket_group;
         table.admins = admins(settings);
         table.max_connections_per_uid = settings.agent.max_connections_per_uid;
         table.config_error = None;

@@ -179,6 +179,28 @@ pub fn flock_held(file: &std::fs::File) -> io::Result<bool> {
     }
 }
 
+/// What the agent does to itself before it reads a secret: no core dump
+/// and no ptrace by users other than root (`PR_SET_DUMPABLE` 0: a core
+/// would carry the secrets and tokens in memory; `/proc/PID/mem` and
+/// `environ` become root's), and files and folders created private
+/// (umask 077), whatever the caller's umask.
+pub fn harden_process() -> io::Result<()> {
+    // SAFETY: umask cannot fail; prctl with PR_SET_DUMPABLE takes an int.
+    unsafe {
+        libc::umask(0o077);
+        if libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Whether the process may dump core (`PR_GET_DUMPABLE`).
+pub fn dumpable() -> bool {
+    // SAFETY: PR_GET_DUMPABLE takes no pointer.
+    unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) > 0 }
+}
+
 pub fn current_uid() -> u32 {
     // SAFETY: getuid cannot fail.
     unsafe { libc::getuid() }

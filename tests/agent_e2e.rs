@@ -397,12 +397,11 @@ fn socket_mode_is_applied_and_state_dir_is_private() {
         .mode()
         & 0o777;
     assert_eq!(mode, 0o600);
-    let mode = std::fs::metadata(dir.join("state"))
-        .unwrap()
-        .permissions()
-        .mode()
-        & 0o777;
-    assert_eq!(mode, 0o700);
+    // The store opens at its first write, after the socket is up.
+    let meta = wait_for("the state dir", || {
+        std::fs::metadata(dir.join("state")).ok()
+    });
+    assert_eq!(meta.permissions().mode() & 0o777, 0o700);
 }
 
 #[test]

@@ -264,3 +264,143 @@ fn connections_that_never_read_do_not_lock_out_another_user() {
     assert!(agent.log_text().contains("max_connections_per_uid"));
     drop(held);
 }
+
+/// Whether `uid` (with group `gid`) can read `path`, tried by `cat` run as
+/// that user.
+fn can_read(uid: u32, gid: u32, path: &std::path::Path) -> bool {
+    std::process::Command::new("cat")
+        .arg(path)
+        .uid(uid)
+        .gid(gid)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+#[test]
+fn token_files_are_read_by_no_more_than_the_socket_serves() {
+    if !root() {
+        println!("SKIP: reading token files as other users needs root");
+        return;
+    }
+    const SHOP_GROUP: u32 = 4300;
+    let dir = TempDir::new("files");
+    let partners = standin();
+    let file = |sub: &str| dir.join(&format!("{sub}/tokens/t.json"));
+    let providers = partners
+        .providers_toml()
+        // Allowed to POS1 by uid only: no group may read its file.
+        .replace(
+            "[providers.makeleaps]\n",
+            &format!(
+                "[providers.makeleaps]\nallow_uids = [{POS1}]\nfile = {:?}\n",
+                file("ml")
+            ),
+        )
+        // Allowed to a group: the file is that group's.
+        .replace(
+            "[providers.carrental]\n",
+            &format!(
+                "[providers.carrental]\nallow_gids = [{SHOP_GROUP}]\nfile = {:?}\n",
+                file("cr")
+            ),
+        )
+        // Open to all: the socket's group (here the agent's own).
+        .replace(
+            "[providers.oauth2]\n",
+            &format!("[providers.oauth2]\nfile = {:?}\n", file("oa")),
+        );
+    write_config(
+        &dir,
+        &config_text(&dir, "socket_mode = \"0666\"\n", &providers),
+    );
+    let agent = Agent::start(&dir);
+    for name in ["makeleaps", "carrental", "oauth2"] {
+        agent.wait_token(name);
+    }
+    let mode = |p: &std::path::Path| {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(p).unwrap();
+        (m.mode() & 0o777, m.gid())
+    };
+    wait_for("the token files", || {
+        ["ml", "cr", "oa"]
+            .iter()
+            .all(|s| file(s).exists())
+            .then_some(())
+    });
+    assert_eq!(mode(&file("ml")).0, 0o600);
+    assert_eq!(mode(file("ml").parent().unwrap()).0, 0o700);
+    assert_eq!(mode(&file("cr")), (0o640, SHOP_GROUP));
+    assert_eq!(mode(file("cr").parent().unwrap()), (0o750, SHOP_GROUP));
+    assert_eq!(mode(&file("oa")).0, 0o640);
+    // Tried as the users themselves.
+    assert!(
+        !can_read(POS1, POS1, &file("ml")),
+        "not even the allowed uid"
+    );
+    assert!(!can_read(POS2, POS2, &file("ml")));
+    assert!(can_read(POS2, SHOP_GROUP, &file("cr")), "the allowed group");
+    assert!(
+        !can_read(POS2, POS2, &file("cr")),
+        "forbidden on the socket"
+    );
+    let (code, _) = token_as(&agent, POS2, "carrental");
+    assert_eq!(code, 77, "and on the socket");
+    // check-config says who can read the MakeLeaps file.
+    let out = bin()
+        .args(["check-config", "--config"])
+        .arg(dir.join("config.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(exit_code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("providers.makeleaps: the token file"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn a_token_file_in_a_folder_a_pos_user_controls_is_refused() {
+    if !root() {
+        println!("SKIP: a folder owned by another user needs root");
+        return;
+    }
+    // The attack: POS2 owns the token file's folder and plants a link in
+    // it to a file of the agent's (the old fixed temporary name).
+    let dir = TempDir::new("plant");
+    let theirs = dir.join("pos2");
+    std::fs::create_dir(&theirs).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(POS2), Some(POS2)).unwrap();
+    let victim = dir.join("victim");
+    std::fs::write(&victim, b"keep").unwrap();
+    std::os::unix::fs::symlink(&victim, theirs.join(".open.json.tmp")).unwrap();
+    let partners = standin();
+    let providers = partners.providers_toml().replace(
+        "[providers.oauth2]\n",
+        &format!(
+            "[providers.oauth2]\nfile = {:?}\n",
+            theirs.join("open.json")
+        ),
+    );
+    write_config(&dir, &config_text(&dir, "", &providers));
+    for args in [&["check-config"][..], &["run"][..]] {
+        let out = bin()
+            .args(args)
+            .arg("--config")
+            .arg(dir.join("config.toml"))
+            .output()
+            .unwrap();
+        assert_eq!(exit_code(&out), 78, "{args:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains("providers.oauth2.file") && err.contains("owned by uid 4242"),
+            "{err}"
+        );
+    }
+    assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+    assert_eq!(partners.count(Kind::OAuth2), 0);
+}

@@ -656,3 +656,73 @@ fn proxy_variables_in_the_environment_are_ignored() {
         "the agent connected to the proxy named in its environment"
     );
 }
+
+/// Runs `cmd` with core dumps allowed (RLIMIT_CORE unlimited) in `cwd`,
+/// waits for `ready`, crashes it with SIGABRT (what a failed assertion in
+/// C code raises; Rust catches a SIGSEGV that is not a fault), and says whether the kernel
+/// dumped its core.
+fn dumps_core(
+    mut cmd: std::process::Command,
+    cwd: &std::path::Path,
+    ready: impl Fn() -> bool,
+) -> bool {
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    std::fs::create_dir_all(cwd).unwrap();
+    // SAFETY: setrlimit is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            let unlimited = libc::rlimit {
+                rlim_cur: libc::RLIM_INFINITY,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            libc::setrlimit(libc::RLIMIT_CORE, &unlimited);
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .current_dir(cwd)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the process to be ready", || ready().then_some(()));
+    // SAFETY: kill on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGABRT) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.signal(), Some(libc::SIGABRT));
+    status.core_dumped()
+}
+
+#[test]
+fn a_crash_dumps_no_core() {
+    if emulated() {
+        println!("SKIP: under an emulator the crash and its core are the emulator's");
+        return;
+    }
+    let dir = TempDir::new("core");
+    // The control: this machine does write a core for a process that lets it.
+    let mut sleep = std::process::Command::new("sleep");
+    sleep.arg("60");
+    let started = std::time::Instant::now();
+    if !dumps_core(sleep, &dir.join("control"), || {
+        started.elapsed() > Duration::from_millis(200)
+    }) {
+        println!("SKIP: this machine dumps no core even for a process that allows it");
+        return;
+    }
+    let partners = standin();
+    write_config(&dir, &config_text(&dir, "", &partners.providers_toml()));
+    let mut run = bin();
+    run.arg("run")
+        .arg("--config")
+        .arg(dir.join("config.toml"))
+        .env_remove("NOTIFY_SOCKET");
+    let socket = dir.join("agent.sock");
+    let dumped = dumps_core(run, &dir.join("agent"), || {
+        // Secrets read, tokens held: what a core would carry.
+        partners.count(Kind::Carrental) > 0
+            && std::os::unix::net::UnixStream::connect(&socket).is_ok()
+    });
+    assert!(!dumped, "the agent dumped its core");
+}
