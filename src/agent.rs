@@ -58,13 +58,17 @@ impl Agent {
         let listener = server::bind(&settings.agent).map_err(|e| {
             StartError::Io(format!("binding {}: {e}", settings.agent.socket.display()))
         })?;
-        let (store, store_error) = match Store::open(&settings.agent.state_dir) {
+        let protection = &settings.agent.store;
+        let (store, store_error) = match Store::open(&settings.agent.state_dir, protection) {
             Ok(s) => (s, None),
             Err(e) => {
                 log::error!(
                     "store: {e}; running with tokens in memory only, trying again at each change"
                 );
-                (Store::unopened(&settings.agent.state_dir), Some(e))
+                (
+                    Store::unopened(&settings.agent.state_dir, protection),
+                    Some(e),
+                )
             }
         };
         let scheduler = Scheduler::new(&settings, Some(store)).map_err(StartError::Config)?;
@@ -111,8 +115,12 @@ impl Agent {
         };
         if new.agent.socket != self.settings.agent.socket
             || new.agent.state_dir != self.settings.agent.state_dir
+            || new.agent.store != self.settings.agent.store
         {
-            log::warn!("reload: socket and state_dir changes take effect at the next start");
+            log::warn!(
+                "reload: socket, state_dir, store_key and persist_refresh_tokens changes take \
+                 effect at the next start"
+            );
         }
         match self.scheduler.reload(&new) {
             Ok(what) => {

@@ -33,6 +33,9 @@ pub struct AgentSettings {
     pub admin_gids: Vec<u32>,
     /// Connections one uid may hold open at once.
     pub max_connections_per_uid: usize,
+    /// `store_key` and `persist_refresh_tokens`: how stored records are
+    /// written (sealed, and whether with refresh tokens).
+    pub store: crate::store::Protection,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -550,6 +553,23 @@ fn parse_agent(cx: &mut Cx, fields: Option<Fields>) -> Option<AgentSettings> {
             DEFAULT_MAX_CONNECTIONS_PER_UID
         }
     };
+    // 32 random bytes from any secret source. Refresh tokens are stored
+    // sealed with a key; without one, only when asked (a reboot then costs
+    // a full login rather than leaving a refresh token on the card).
+    let key = match f.has("store_key") {
+        true => f.secret(cx, "store_key"),
+        false => default_store_key(cx, &f.key("store_key")),
+    }
+    .and_then(|s| {
+        crate::store::StoreKey::parse(s.expose())
+            .map_err(|e| cx.problem(&f.key("store_key"), e))
+            .ok()
+    });
+    let keep_refresh = f.boolean(cx, "persist_refresh_tokens");
+    let store = crate::store::Protection {
+        keep_refresh: keep_refresh.unwrap_or(key.is_some()),
+        key,
+    };
     f.finish(cx);
     Some(AgentSettings {
         socket: paths::agent_socket(socket, cx.env),
@@ -558,8 +578,26 @@ fn parse_agent(cx: &mut Cx, fields: Option<Fields>) -> Option<AgentSettings> {
         state_dir: paths::state_dir(state_dir, cx.env),
         admin_gids,
         max_connections_per_uid,
+        store,
     })
 }
+
+/// Without `store_key` in the config: the systemd credential `store-key`
+/// when the unit passes one (the .deb's drop-in does), so that a config
+/// written from scratch still seals the store.
+fn default_store_key(cx: &mut Cx, path: &str) -> Option<Secret> {
+    let dir = (cx.env)("CREDENTIALS_DIRECTORY")?;
+    if !Path::new(&dir).join(STORE_KEY_CREDENTIAL).exists() {
+        return None;
+    }
+    read_secret(cx, "credential", STORE_KEY_CREDENTIAL)
+        .map(Secret::new)
+        .map_err(|e| cx.problem(path, e))
+        .ok()
+}
+
+/// The credential name the .deb's unit drop-in loads the store key as.
+pub const STORE_KEY_CREDENTIAL: &str = "store-key";
 
 /// The keys `[defaults]` may set, with their values after defaulting.
 #[derive(Debug, Clone)]
@@ -1152,6 +1190,54 @@ mod tests {
         assert_eq!(e.problems.len(), 1);
         assert_eq!(e.problems[0].path, "providers.m.client_secret");
         assert!(!e.to_string().contains("hunter2"));
+    }
+
+    #[test]
+    fn store_key_from_any_secret_source_or_the_units_credential() {
+        use crate::store::{Protection, StoreKey};
+        let dir = std::env::temp_dir().join(format!("saa-cfg-{}", crate::rand::hex(8)));
+        std::fs::create_dir_all(dir.join("creds")).unwrap();
+        let hex = "ab".repeat(32);
+        std::fs::write(
+            dir.join("key"),
+            format!("{}\n", crate::base64::encode(&[7; 32])),
+        )
+        .unwrap();
+        std::fs::write(dir.join("creds/store-key"), format!("{hex}\n")).unwrap();
+        let creds = dir.join("creds").display().to_string();
+        let with_creds = move |k: &str| match k {
+            "KEY" => Some("ab".repeat(32)),
+            "BAD" => Some("hunter2hunter2".to_owned()),
+            "CREDENTIALS_DIRECTORY" => Some(creds.clone()),
+            _ => None,
+        };
+        let store =
+            |text: &str, env: Env| parse(text, "t", Some(&dir), false, env).map(|s| s.agent.store);
+        let sealed = |b: u8| Protection {
+            key: Some(StoreKey::from_bytes([b; 32])),
+            keep_refresh: true,
+        };
+        assert_eq!(store("", &no_env).unwrap(), Protection::default());
+        assert_eq!(store("", &with_creds).unwrap(), sealed(0xab));
+        let file = "[agent]\nstore_key = { file = \"key\" }\n";
+        assert_eq!(store(file, &with_creds).unwrap(), sealed(7));
+        let env = "[agent]\nstore_key = { env = \"KEY\" }\npersist_refresh_tokens = false\n";
+        assert_eq!(
+            store(env, &no_env).unwrap_err().problems[0].path,
+            "agent.store_key"
+        );
+        let mut no_refresh = sealed(0xab);
+        no_refresh.keep_refresh = false;
+        assert_eq!(store(env, &with_creds).unwrap(), no_refresh);
+        let asked = "[agent]\npersist_refresh_tokens = true\n";
+        assert!(store(asked, &no_env).unwrap().keep_refresh);
+        let bad = "[agent]\nstore_key = { env = \"BAD\" }\n";
+        let e = store(bad, &with_creds).unwrap_err();
+        assert_eq!(e.problems.len(), 1);
+        assert_eq!(e.problems[0].path, "agent.store_key");
+        assert!(e.problems[0].message.contains("32 bytes"));
+        assert!(!e.to_string().contains("hunter2"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -5,11 +5,22 @@
 //! goes on (and so before a new token is served), and then copied whole into
 //! the [`mirror`], which restores what a torn sled write lost. Secrets from
 //! the config are never stored.
+//!
+//! With `[agent] store_key` every record is [`seal`]ed (sled and the mirror
+//! hold the same sealed bytes); without one, records are plain JSON and
+//! hold no refresh token unless `persist_refresh_tokens = true`. A
+//! database that may hold more in plain text than the current settings
+//! allow (written by an older agent, or before the key was set) is
+//! rewritten at open into a fresh one, and the old one deleted: sled keeps
+//! superseded values in its log until it reuses the segment.
 
 mod mirror;
+mod seal;
 
 use crate::token::Token;
-use mirror::Mirror;
+use mirror::{Mirror, Raw};
+use seal::Sealer;
+pub use seal::StoreKey;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -21,7 +32,138 @@ const SCHEMA_KEY: &[u8] = b"schema_version";
 /// The number of the last write (u64 big-endian), written with each record.
 const SEQ_KEY: &[u8] = b"seq";
 const SCHEMA_VERSION: &[u8] = b"1";
+/// What every record of the database has been written as since it was
+/// created: one [`Level`] byte. Absent in an older agent's database.
+const WRITTEN_KEY: &[u8] = b"written";
 const PREFIX: &str = "provider/";
+
+/// What may reach the store in plain text, from most to least: ordered, so
+/// that a database written at a lower level than the settings ask for is
+/// rewritten.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Level {
+    /// Plain records with refresh tokens (and an older agent's database).
+    Plain = 0,
+    /// Plain records without refresh tokens.
+    NoRefresh = 1,
+    /// Sealed records only.
+    Sealed = 2,
+}
+
+impl Level {
+    fn from_byte(b: Option<&[u8]>) -> Level {
+        match b {
+            Some([2]) => Level::Sealed,
+            Some([1]) => Level::NoRefresh,
+            _ => Level::Plain,
+        }
+    }
+}
+
+/// How records are written: from `[agent] store_key` and
+/// `persist_refresh_tokens`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Protection {
+    /// Seal every record with this key.
+    pub key: Option<StoreKey>,
+    /// Keep refresh tokens in stored records.
+    pub keep_refresh: bool,
+}
+
+/// [`Protection`] ready for use.
+struct Codec {
+    sealer: Option<Sealer>,
+    keep_refresh: bool,
+}
+
+/// Records as read from the files.
+struct Decoded {
+    records: BTreeMap<String, Record>,
+    /// Sealed records that do not open (another key, or no key): kept as
+    /// they are until a write for their provider replaces them.
+    unopened: Raw,
+    /// Something is in plain text that the settings do not allow.
+    exposed: bool,
+}
+
+impl Codec {
+    fn new(p: &Protection) -> Codec {
+        Codec {
+            sealer: p.key.as_ref().map(Sealer::new),
+            keep_refresh: p.keep_refresh,
+        }
+    }
+
+    fn level(&self) -> Level {
+        match (&self.sealer, self.keep_refresh) {
+            (Some(_), _) => Level::Sealed,
+            (None, false) => Level::NoRefresh,
+            (None, true) => Level::Plain,
+        }
+    }
+
+    /// The bytes stored for `name`'s record.
+    fn encode(&self, name: &str, record: &Record) -> Result<Vec<u8>, StoreError> {
+        let json = if self.keep_refresh {
+            serde_json::to_vec(record)
+        } else {
+            let mut r = record.clone();
+            if let Some(t) = r.token.as_mut() {
+                t.refresh = None;
+            }
+            serde_json::to_vec(&r)
+        }
+        .expect("a record always serialises");
+        match &self.sealer {
+            None => Ok(json),
+            Some(s) => s.seal(key(name).as_slice(), &json).map_err(|_| StoreError {
+                context: "sealing a record".into(),
+                source: sled::Error::Io(std::io::Error::other("no random bytes for a nonce")),
+            }),
+        }
+    }
+
+    fn encode_all(&self, d: &Decoded) -> Result<Raw, StoreError> {
+        let mut raw = d.unopened.clone();
+        for (n, r) in &d.records {
+            raw.insert(n.clone(), self.encode(n, r)?);
+        }
+        Ok(raw)
+    }
+
+    /// Opens and parses every record. A plain record that does not parse is
+    /// skipped with a warning (the next success overwrites it).
+    fn decode_all(&self, raw: &Raw) -> Decoded {
+        let mut d = Decoded {
+            records: BTreeMap::new(),
+            unopened: Raw::new(),
+            exposed: false,
+        };
+        for (name, bytes) in raw {
+            let json = if seal::is_sealed(bytes) {
+                match self.sealer.as_ref().and_then(|s| s.open(&key(name), bytes)) {
+                    Some(json) => json,
+                    None => {
+                        d.unopened.insert(name.clone(), bytes.clone());
+                        continue;
+                    }
+                }
+            } else {
+                d.exposed |= self.sealer.is_some();
+                bytes.clone()
+            };
+            match serde_json::from_slice::<Record>(&json) {
+                Ok(r) => {
+                    let refresh = r.token.as_ref().is_some_and(|t| t.refresh.is_some());
+                    d.exposed |= !seal::is_sealed(bytes) && refresh && !self.keep_refresh;
+                    d.records.insert(name.clone(), r);
+                }
+                Err(e) => log::warn!("{name}: stored record unreadable ({e}), ignoring it"),
+            }
+        }
+        d
+    }
+}
 
 /// How a provider has been doing, as shown by STATUS.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -99,6 +241,7 @@ const SCHEMA_ERROR: &str = "schema version";
 
 pub struct Store {
     state_dir: PathBuf,
+    codec: Codec,
     inner: Mutex<Inner>,
 }
 
@@ -111,6 +254,10 @@ struct Inner {
     /// Every provider's record as last written (or attempted): the truth
     /// while the agent runs. `None` until the disk could be read once.
     records: Option<BTreeMap<String, Record>>,
+    /// What is (or is to be) on disk for each record of `records`, and for
+    /// the sealed records that did not open: the bytes sled and the mirror
+    /// both hold.
+    raw: Raw,
     /// Numbers every write of the whole state; of two copies, the one with
     /// the higher number is the newer.
     seq: u64,
@@ -133,6 +280,9 @@ struct Found {
     open: Open,
     seq: u64,
     records: BTreeMap<String, Record>,
+    raw: Raw,
+    /// How many sealed records did not open.
+    unopened: usize,
 }
 
 /// How long a reopen waits for sled to release the old database's file
@@ -164,13 +314,20 @@ impl Store {
     /// tore its last write). `Err` when the files cannot be opened at all
     /// (a read-only or full disk, a lock held by another agent, a newer
     /// schema).
-    pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
-        let found = open_files(state_dir)?;
+    ///
+    /// Records are written as `protection` says; stored records that do not
+    /// open with its key are treated as absent (one warning).
+    pub fn open(state_dir: &Path, protection: &Protection) -> Result<Store, StoreError> {
+        let codec = Codec::new(protection);
+        let found = open_files(state_dir, &codec)?;
+        warn_unopened(&codec, found.unopened);
         Ok(Store {
             state_dir: state_dir.to_owned(),
+            codec,
             inner: Mutex::new(Inner {
                 open: Some(found.open),
                 records: Some(found.records),
+                raw: found.raw,
                 seq: found.seq,
                 behind: false,
             }),
@@ -180,12 +337,14 @@ impl Store {
     /// A store that could not be opened (a read-only or full disk, say):
     /// every use tries to open it again, so that tokens reach the disk
     /// once it works. Until then each use fails with the reason.
-    pub fn unopened(state_dir: &Path) -> Store {
+    pub fn unopened(state_dir: &Path, protection: &Protection) -> Store {
         Store {
             state_dir: state_dir.to_owned(),
+            codec: Codec::new(protection),
             inner: Mutex::new(Inner {
                 open: None,
                 records: None,
+                raw: Raw::new(),
                 seq: 0,
                 behind: false,
             }),
@@ -205,7 +364,7 @@ impl Store {
         }
         let start = std::time::Instant::now();
         let found = loop {
-            match open_files(&self.state_dir) {
+            match open_files(&self.state_dir, &self.codec) {
                 Ok(found) => break found,
                 // The database of the failed write is still being let go.
                 Err(e)
@@ -219,7 +378,9 @@ impl Store {
             }
         };
         if inner.records.is_none() {
+            warn_unopened(&self.codec, found.unopened);
             inner.records = Some(found.records);
+            inner.raw = found.raw;
             inner.seq = found.seq;
         } else {
             inner.seq = inner.seq.max(found.seq);
@@ -258,14 +419,31 @@ impl Store {
     fn change(&self, name: &str, record: Option<&Record>) -> Result<(), StoreError> {
         let mut inner = self.lock();
         let opened = self.ensure_open(&mut inner);
+        let had_raw = inner.raw.contains_key(name);
         // Never read: there is nothing in memory to change yet.
         let Some(records) = inner.records.as_mut() else {
             return opened;
         };
         let changed = match record {
             Some(r) => records.insert(name.to_owned(), r.clone()).as_ref() != Some(r),
-            None => records.remove(name).is_some(),
+            None => records.remove(name).is_some() | had_raw,
         };
+        if changed {
+            match record {
+                Some(r) => match self.codec.encode(name, r) {
+                    Ok(bytes) => {
+                        inner.raw.insert(name.to_owned(), bytes);
+                    }
+                    Err(e) => {
+                        inner.behind = true;
+                        return Err(e);
+                    }
+                },
+                None => {
+                    inner.raw.remove(name);
+                }
+            }
+        }
         if let Err(e) = opened {
             inner.behind = true;
             return Err(e);
@@ -284,7 +462,7 @@ impl Store {
         let seq = inner.seq;
         let behind = inner.behind;
         let db_path = self.path();
-        let records = inner.records.as_ref().expect("written only once read");
+        let records = &inner.raw;
         let open = inner.open.as_mut().expect("written only when open");
         let result = (|| {
             let mut batch = sled::Batch::default();
@@ -296,11 +474,11 @@ impl Store {
                     })?);
                 }
                 for (n, r) in records {
-                    batch.insert(key(n), encode(r));
+                    batch.insert(key(n), r.as_slice());
                 }
             } else {
                 match records.get(name) {
-                    Some(r) => batch.insert(key(name), encode(r)),
+                    Some(r) => batch.insert(key(name), r.as_slice()),
                     None => batch.remove(key(name)),
                 }
             }
@@ -353,24 +531,37 @@ fn sync(db: &sled::Db, data: &File, db_path: &Path) -> Result<(), StoreError> {
     )))
 }
 
-fn encode(record: &Record) -> Vec<u8> {
-    serde_json::to_vec(record).expect("a record always serialises")
+/// The one line a start logs about stored records that did not open.
+fn warn_unopened(codec: &Codec, n: usize) {
+    if n == 0 {
+        return;
+    }
+    let why = match codec.sealer {
+        Some(_) => "do not open with agent.store_key (sealed with another key?)",
+        None => "are sealed, and agent.store_key is not set",
+    };
+    log::warn!(
+        "store: {n} stored record{} {why}; treating their tokens as absent, so those providers \
+         log in afresh and their new tokens replace the records",
+        plural(n)
+    );
 }
 
 /// Opens the mirror and sled's database in `state_dir`, recovering as
 /// [`Store::open`] describes, and makes durable whatever opening created
-/// or renamed.
-fn open_files(state_dir: &Path) -> Result<Found, StoreError> {
+/// or renamed. A database that may hold in plain text more than `codec`
+/// allows is rewritten (see [`rewrite`]).
+fn open_files(state_dir: &Path, codec: &Codec) -> Result<Found, StoreError> {
     let db_path = state_dir.join("db");
     crate::durable::create_dir_all(state_dir, 0o700)
         .map_err(io_error(format!("creating {}", state_dir.display())))?;
     let (mirror, copy) =
         Mirror::open(state_dir).map_err(io_error("opening the store's mirror".into()))?;
     let mut damage: Option<(StoreError, PathBuf)> = None;
-    let (db, sled_seq, sled_records) = loop {
-        let attempt = open_checked(&db_path).and_then(|db| {
-            let (seq, records) = read_sled(&db)?;
-            Ok((db, seq, records))
+    let (db, sled_seq, sled_records, written) = loop {
+        let attempt = open_checked(&db_path, codec.level()).and_then(|db| {
+            let (seq, records, written) = read_sled(&db)?;
+            Ok((db, seq, records, written))
         });
         match attempt {
             Ok(found) => break found,
@@ -381,21 +572,9 @@ fn open_files(state_dir: &Path) -> Result<Found, StoreError> {
             Err(e) => return Err(e),
         }
     };
-    let data_path = db_path.join("db");
-    let data =
-        File::open(&data_path).map_err(io_error(format!("opening {}", data_path.display())))?;
-    // sled writes its config and snapshot files and creates its folders
-    // without syncing them or the directories that hold them.
-    let conf = db_path.join("conf");
-    File::open(&conf)
-        .and_then(|f| f.sync_all())
-        .map_err(io_error(format!("syncing {}", conf.display())))?;
-    for dir in [db_path.join("blobs"), db_path.clone()] {
-        crate::durable::sync_dir(&dir).map_err(io_error(format!("syncing {}", dir.display())))?;
-    }
-    sync(&db, &data, &db_path)?;
+    let data = sync_created(&db, &db_path)?;
     let mut open = Open { db, data, mirror };
-    let (seq, records) = match copy.filter(|c| damage.is_some() || c.seq > sled_seq) {
+    let (seq, raw) = match copy.filter(|c| damage.is_some() || c.seq > sled_seq) {
         Some(c) => {
             let n = c.records.len();
             match &damage {
@@ -419,7 +598,7 @@ fn open_files(state_dir: &Path) -> Result<Found, StoreError> {
                 batch.remove(key(k));
             }
             for (n, r) in &c.records {
-                batch.insert(key(n), encode(r));
+                batch.insert(key(n), r.as_slice());
             }
             batch.insert(SEQ_KEY, &c.seq.to_be_bytes()[..]);
             open.db.apply_batch(batch).map_err(|source| StoreError {
@@ -440,18 +619,133 @@ fn open_files(state_dir: &Path) -> Result<Found, StoreError> {
             (sled_seq, sled_records)
         }
     };
+    let decoded = codec.decode_all(&raw);
+    let unopened = decoded.unopened.len();
+    if written < codec.level() || decoded.exposed {
+        let (open, seq, raw) = rewrite(state_dir, open, seq, codec, &decoded)?;
+        return Ok(Found {
+            open,
+            seq,
+            records: decoded.records,
+            raw,
+            unopened,
+        });
+    }
+    if written > codec.level() {
+        // Records are written with less protection from now on.
+        open.db
+            .insert(WRITTEN_KEY, &[codec.level() as u8][..])
+            .map_err(|source| StoreError {
+                context: format!("writing to {}", db_path.display()),
+                source,
+            })?;
+        sync(&open.db, &open.data, &db_path)?;
+    }
     // The mirror holds this state too: it lags one write behind after a cut
     // between the two, is unreadable after a cut during its own write, and
     // is missing in a store written by an older agent.
     open.mirror
-        .write(seq, &records)
+        .write(seq, &raw)
         .map_err(io_error("writing the store's mirror".into()))?;
-    Ok(Found { open, seq, records })
+    Ok(Found {
+        open,
+        seq,
+        records: decoded.records,
+        raw,
+        unopened,
+    })
+}
+
+/// Makes durable what opening sled created without syncing (its config
+/// file, its folders) and returns its data file, for the fsync sled leaves
+/// out.
+fn sync_created(db: &sled::Db, db_path: &Path) -> Result<File, StoreError> {
+    let data_path = db_path.join("db");
+    let data =
+        File::open(&data_path).map_err(io_error(format!("opening {}", data_path.display())))?;
+    // sled writes its config and snapshot files and creates its folders
+    // without syncing them or the directories that hold them.
+    let conf = db_path.join("conf");
+    File::open(&conf)
+        .and_then(|f| f.sync_all())
+        .map_err(io_error(format!("syncing {}", conf.display())))?;
+    for dir in [db_path.join("blobs"), db_path.to_owned()] {
+        crate::durable::sync_dir(&dir).map_err(io_error(format!("syncing {}", dir.display())))?;
+    }
+    sync(db, &data, db_path)?;
+    Ok(data)
+}
+
+/// Rewrites the store as `codec` writes it, when the files may hold in
+/// plain text what it does not allow (an older agent's database, one
+/// written before `store_key` was set, a refresh token written before
+/// `persist_refresh_tokens` was turned off): both mirror files first (so
+/// that a power cut from here on restores from them), then sled's directory
+/// is deleted, with any database moved aside before, and a fresh one
+/// written. sled's log keeps superseded values until it reuses a segment,
+/// so rewriting the records in place would not do. Deleting a file does
+/// not erase the flash cells that held it; README, "Security", says so.
+fn rewrite(
+    state_dir: &Path,
+    open: Open,
+    seq: u64,
+    codec: &Codec,
+    decoded: &Decoded,
+) -> Result<(Open, u64, Raw), StoreError> {
+    let db_path = state_dir.join("db");
+    let raw = codec.encode_all(decoded)?;
+    let Open {
+        db,
+        data,
+        mut mirror,
+    } = open;
+    let seq = mirror
+        .write_both(seq + 1, &raw)
+        .map_err(io_error("writing the store's mirror".into()))?;
+    // sled writes through its open file handles from here on (never by
+    // path): the deleted files take its last flush.
+    drop(db);
+    drop(data);
+    std::fs::remove_dir_all(&db_path)
+        .map_err(io_error(format!("removing {}", db_path.display())))?;
+    remove_moved_aside(state_dir)?;
+    crate::durable::sync_dir(state_dir)
+        .map_err(io_error(format!("syncing {}", state_dir.display())))?;
+    let db = open_checked(&db_path, codec.level())?;
+    let data = sync_created(&db, &db_path)?;
+    let mut batch = sled::Batch::default();
+    for (n, r) in &raw {
+        batch.insert(key(n), r.as_slice());
+    }
+    batch.insert(SEQ_KEY, &seq.to_be_bytes()[..]);
+    db.apply_batch(batch).map_err(|source| StoreError {
+        context: format!("writing to {}", db_path.display()),
+        source,
+    })?;
+    sync(&db, &data, &db_path)?;
+    log::info!(
+        "store: rewrote {} record{} {} into a fresh database and deleted the old one",
+        raw.len(),
+        plural(raw.len()),
+        match codec.level() {
+            Level::Sealed => "sealed with agent.store_key",
+            _ => "without refresh tokens",
+        }
+    );
+    Ok((Open { db, data, mirror }, seq, raw))
 }
 
 /// Moves a damaged database aside as `db.broken-<unix time>`, deleting one
 /// moved aside before: one is enough to diagnose, and the card is small.
 fn move_aside(state_dir: &Path, db_path: &Path) -> Result<PathBuf, StoreError> {
+    remove_moved_aside(state_dir)?;
+    let aside = state_dir.join(format!("db.broken-{}", crate::timefmt::now_unix()));
+    crate::durable::rename(db_path, &aside)
+        .map_err(io_error(format!("moving {} aside", db_path.display())))?;
+    Ok(aside)
+}
+
+fn remove_moved_aside(state_dir: &Path) -> Result<(), StoreError> {
     if let Ok(entries) = std::fs::read_dir(state_dir) {
         for e in entries.flatten() {
             if e.file_name().to_string_lossy().starts_with("db.broken-") {
@@ -462,15 +756,12 @@ fn move_aside(state_dir: &Path, db_path: &Path) -> Result<PathBuf, StoreError> {
             }
         }
     }
-    let aside = state_dir.join(format!("db.broken-{}", crate::timefmt::now_unix()));
-    crate::durable::rename(db_path, &aside)
-        .map_err(io_error(format!("moving {} aside", db_path.display())))?;
-    Ok(aside)
+    Ok(())
 }
 
-/// The sequence number and records in sled. A record that cannot be
-/// parsed is skipped with a warning (the next success overwrites it).
-fn read_sled(db: &sled::Db) -> Result<(u64, BTreeMap<String, Record>), StoreError> {
+/// The sequence number, the records as stored and what the database has
+/// been written as.
+fn read_sled(db: &sled::Db) -> Result<(u64, Raw, Level), StoreError> {
     let err = |source| StoreError {
         context: "reading records".into(),
         source,
@@ -484,22 +775,19 @@ fn read_sled(db: &sled::Db) -> Result<(u64, BTreeMap<String, Record>), StoreErro
         // Written by an agent from before the mirror.
         None => 0,
     };
-    let mut out = BTreeMap::new();
+    let written = Level::from_byte(db.get(WRITTEN_KEY).map_err(err)?.as_deref());
+    let mut out = Raw::new();
     for item in db.scan_prefix(PREFIX) {
         let (k, v) = item.map_err(err)?;
         let name = String::from_utf8_lossy(&k[PREFIX.len()..]).into_owned();
-        match serde_json::from_slice::<Record>(&v) {
-            Ok(r) => {
-                out.insert(name, r);
-            }
-            Err(e) => log::warn!("{name}: stored record unreadable ({e}), ignoring it"),
-        }
+        out.insert(name, v.to_vec());
     }
-    Ok((seq, out))
+    Ok((seq, out, written))
 }
 
-/// Opens the database at `path` and checks (or writes) its schema version.
-fn open_checked(path: &Path) -> Result<sled::Db, StoreError> {
+/// Opens the database at `path` and checks (or writes) its schema version;
+/// a new database is marked as written at `level`.
+fn open_checked(path: &Path, level: Level) -> Result<sled::Db, StoreError> {
     let err = |context: String| move |source| StoreError { context, source };
     // sled reports a held lock only as text in an `Other` I/O error: probe
     // it first, so that callers can tell "in use" from other failures.
@@ -520,7 +808,10 @@ fn open_checked(path: &Path) -> Result<sled::Db, StoreError> {
         .map_err(err("reading schema version".into()))?
     {
         None => {
-            db.insert(SCHEMA_KEY, SCHEMA_VERSION)
+            let mut batch = sled::Batch::default();
+            batch.insert(SCHEMA_KEY, SCHEMA_VERSION);
+            batch.insert(WRITTEN_KEY, &[level as u8][..]);
+            db.apply_batch(batch)
                 .map_err(err("writing schema version".into()))?;
         }
         Some(v) if v.as_ref() == SCHEMA_VERSION => {}
@@ -600,14 +891,26 @@ mod tests {
     /// are dropped later by its background threads and epoch-based
     /// reclamation: retry while the lock is still held.
     fn reopen(dir: &Path) -> Store {
+        reopen_with(dir, &plain())
+    }
+
+    fn reopen_with(dir: &Path, protection: &Protection) -> Store {
         let start = std::time::Instant::now();
         loop {
-            match Store::open(dir) {
+            match Store::open(dir, protection) {
                 Err(e) if e.is_locked() && start.elapsed() < std::time::Duration::from_secs(10) => {
                     std::thread::sleep(std::time::Duration::from_millis(10))
                 }
                 other => return other.unwrap(),
             }
+        }
+    }
+
+    /// Plain records with refresh tokens: what the older tests were written for.
+    fn plain() -> Protection {
+        Protection {
+            key: None,
+            keep_refresh: true,
         }
     }
 
@@ -634,7 +937,7 @@ mod tests {
     fn records_survive_reopen() {
         let dir = tempdir();
         {
-            let s = Store::open(&dir).unwrap();
+            let s = Store::open(&dir, &plain()).unwrap();
             s.save("a", &record()).unwrap();
             s.save("b", &Record::default()).unwrap();
             s.remove("b").unwrap();
@@ -650,7 +953,7 @@ mod tests {
         let dir = tempdir();
         let blocker = dir.join("blocker");
         std::fs::write(&blocker, b"a file where the state dir should be").unwrap();
-        let s = Store::unopened(&blocker);
+        let s = Store::unopened(&blocker, &plain());
         assert!(s.save("a", &record()).is_err());
         // The obstacle goes: the next use opens the database and writes.
         std::fs::remove_file(&blocker).unwrap();
@@ -682,7 +985,7 @@ mod tests {
     fn creates_state_dir_private() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempdir().join("state");
-        Store::open(&dir).unwrap();
+        Store::open(&dir, &plain()).unwrap();
         let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
         std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
@@ -724,7 +1027,7 @@ mod tests {
         let dir = tempdir();
         let old = dir.join("old-db");
         {
-            let s = Store::open(&dir).unwrap();
+            let s = Store::open(&dir, &plain()).unwrap();
             s.save("a", &record_with("one")).unwrap();
             s.save("b", &record_with("b")).unwrap();
         }
@@ -760,7 +1063,7 @@ mod tests {
     fn a_damaged_database_is_restored_from_the_mirror_and_one_kept_aside() {
         let dir = tempdir();
         {
-            let s = Store::open(&dir).unwrap();
+            let s = Store::open(&dir, &plain()).unwrap();
             s.save("a", &record_with("one")).unwrap();
         }
         for round in 0..2 {
@@ -781,7 +1084,7 @@ mod tests {
     fn a_torn_mirror_is_rewritten_from_the_database() {
         let dir = tempdir();
         {
-            let s = Store::open(&dir).unwrap();
+            let s = Store::open(&dir, &plain()).unwrap();
             s.save("a", &record_with("one")).unwrap();
         }
         for name in mirror::NAMES {
@@ -811,7 +1114,7 @@ mod tests {
         // Garbage where sled expects its config file.
         std::fs::write(dir.join("db/conf"), b"\xff\xfe not a sled config").unwrap();
         std::fs::write(dir.join("db/db"), b"garbage").unwrap();
-        let s = Store::open(&dir).unwrap();
+        let s = Store::open(&dir, &plain()).unwrap();
         s.save("a", &record()).unwrap();
         let moved = std::fs::read_dir(&dir)
             .unwrap()
@@ -824,6 +1127,225 @@ mod tests {
             })
             .count();
         assert_eq!(moved, 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn sealed(k: u8) -> Protection {
+        Protection {
+            key: Some(StoreKey::from_bytes([k; 32])),
+            keep_refresh: true,
+        }
+    }
+
+    fn with_tokens(access: &str, refresh: &str) -> Record {
+        let mut r = record();
+        let t = r.token.as_mut().unwrap();
+        t.access = Secret::new(access);
+        t.refresh = Some(Secret::new(refresh));
+        r
+    }
+
+    /// Every byte of every file under `dir`.
+    fn all_bytes(dir: &Path) -> Vec<u8> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                out.extend(all_bytes(&e.path()));
+            } else {
+                out.extend(std::fs::read(e.path()).unwrap());
+            }
+        }
+        out
+    }
+
+    fn holds(dir: &Path, needle: &str) -> bool {
+        all_bytes(dir)
+            .windows(needle.len())
+            .any(|w| w == needle.as_bytes())
+    }
+
+    #[test]
+    fn sealed_records_survive_reopen_and_no_token_reaches_a_file() {
+        let dir = tempdir();
+        let mut written = Vec::new();
+        {
+            let s = Store::open(&dir, &sealed(1)).unwrap();
+            for i in 0..50 {
+                let r = with_tokens(&format!("ACCESS{i:04}xx"), &format!("REFRESH{i:04}x"));
+                s.save("a", &r).unwrap();
+                s.save("b", &with_tokens("ACCESSbbbbbb", "REFRESHbbbbb"))
+                    .unwrap();
+                written.push(r);
+            }
+        }
+        let s = reopen_with(&dir, &sealed(1));
+        let all = s.load_all().unwrap();
+        assert_eq!(all[0], ("a".to_owned(), written.last().unwrap().clone()));
+        assert_eq!(
+            all[1].1.token.as_ref().unwrap().access.expose(),
+            "ACCESSbbbbbb"
+        );
+        drop(s);
+        for needle in ["ACCESS", "REFRESH", "makeleaps https"] {
+            assert!(!holds(&dir, needle), "{needle} in plain text");
+        }
+        // The mirror holds the same sealed bytes: it alone restores them.
+        std::fs::remove_dir_all(dir.join("db")).unwrap();
+        assert_eq!(reopen_with(&dir, &sealed(1)).load_all().unwrap(), all);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn records_sealed_with_another_key_or_none_are_absent_until_replaced() {
+        let dir = tempdir();
+        Store::open(&dir, &sealed(1))
+            .unwrap()
+            .save("a", &with_tokens("ACCESS1", "REFRESH1"))
+            .unwrap();
+        for other in [sealed(2), Protection::default(), plain()] {
+            let start = std::time::Instant::now();
+            let found = loop {
+                match open_files(&dir, &Codec::new(&other)) {
+                    Err(e) if e.is_locked() && start.elapsed().as_secs() < 10 => {
+                        std::thread::sleep(std::time::Duration::from_millis(10))
+                    }
+                    other => break other.unwrap(),
+                }
+            };
+            assert!(found.records.is_empty());
+            assert_eq!(found.unopened, 1);
+            drop(found);
+            assert!(reopen_with(&dir, &other).load_all().unwrap().is_empty());
+        }
+        // Still there for the right key: nothing overwrote it.
+        assert_eq!(
+            reopen_with(&dir, &sealed(1)).load_all().unwrap(),
+            vec![("a".to_owned(), with_tokens("ACCESS1", "REFRESH1"))]
+        );
+        // A write under the new key replaces it (a fresh login's token).
+        reopen_with(&dir, &sealed(2))
+            .save("a", &with_tokens("ACCESS2", "REFRESH2"))
+            .unwrap();
+        assert!(reopen_with(&dir, &sealed(1)).load_all().unwrap().is_empty());
+        assert_eq!(
+            reopen_with(&dir, &sealed(2)).load_all().unwrap(),
+            vec![("a".to_owned(), with_tokens("ACCESS2", "REFRESH2"))]
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_record_opens_only_under_its_own_provider_name() {
+        let codec = Codec::new(&sealed(1));
+        let a = codec.encode("a", &with_tokens("A", "RA")).unwrap();
+        let b = codec.encode("b", &with_tokens("B", "RB")).unwrap();
+        let swapped: Raw = [("a".to_owned(), b.clone()), ("b".to_owned(), a.clone())].into();
+        let d = codec.decode_all(&swapped);
+        assert!(d.records.is_empty());
+        assert_eq!(d.unopened, swapped);
+        let right: Raw = [("a".to_owned(), a), ("b".to_owned(), b)].into();
+        assert_eq!(codec.decode_all(&right).records.len(), 2);
+        // The same swap on disk: neither opens.
+        let dir = tempdir();
+        {
+            let s = Store::open(&dir, &sealed(1)).unwrap();
+            s.save("a", &with_tokens("A", "RA")).unwrap();
+            s.save("b", &with_tokens("B", "RB")).unwrap();
+        }
+        {
+            let db = open_db(&dir.join("db")).unwrap();
+            let (va, vb) = (db.get(key("a")).unwrap(), db.get(key("b")).unwrap());
+            db.insert(key("a"), vb.unwrap()).unwrap();
+            db.insert(key("b"), va.unwrap()).unwrap();
+            db.flush().unwrap();
+        }
+        for name in mirror::NAMES {
+            std::fs::remove_file(dir.join(name)).unwrap();
+        }
+        assert!(reopen_with(&dir, &sealed(1)).load_all().unwrap().is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn plain_and_sealed_records_are_told_apart() {
+        let codec = Codec::new(&sealed(1));
+        let plain_bytes = Codec::new(&plain())
+            .encode("a", &with_tokens("A", "RA"))
+            .unwrap();
+        assert_eq!(plain_bytes[0], b'{');
+        let sealed_bytes = codec.encode("a", &with_tokens("A", "RA")).unwrap();
+        assert!(seal::is_sealed(&sealed_bytes) && !seal::is_sealed(&plain_bytes));
+        // A plain record still reads with a key (an upgrade), flagged.
+        let d = codec.decode_all(&[("a".to_owned(), plain_bytes)].into());
+        assert_eq!(d.records["a"], with_tokens("A", "RA"));
+        assert!(d.exposed);
+        let d = codec.decode_all(&[("a".to_owned(), sealed_bytes)].into());
+        assert!(!d.exposed && d.records.len() == 1);
+    }
+
+    #[test]
+    fn a_plain_store_is_rewritten_sealed_when_a_key_is_set() {
+        let dir = tempdir();
+        {
+            let s = Store::open(&dir, &plain()).unwrap();
+            for i in 0..20 {
+                s.save(
+                    "a",
+                    &with_tokens(&format!("ACCESS{i:03}"), &format!("REFRESH{i:03}")),
+                )
+                .unwrap();
+            }
+        }
+        // An older agent's mirror format too, and a database kept aside.
+        std::fs::create_dir_all(dir.join("db.broken-1")).unwrap();
+        std::fs::write(dir.join("db.broken-1/db"), b"ACCESS000 REFRESH000").unwrap();
+        assert!(holds(&dir, "ACCESS019") && holds(&dir, "REFRESH000"));
+        let s = reopen_with(&dir, &sealed(1));
+        assert_eq!(
+            s.load_all().unwrap(),
+            vec![("a".to_owned(), with_tokens("ACCESS019", "REFRESH019"))]
+        );
+        assert!(!holds(&dir, "ACCESS") && !holds(&dir, "REFRESH"));
+        s.save("a", &with_tokens("ACCESSnew", "REFRESHnew"))
+            .unwrap();
+        drop(s);
+        assert!(!holds(&dir, "ACCESS") && !holds(&dir, "REFRESH"));
+        assert_eq!(broken_count(&dir), 0);
+        assert_eq!(
+            reopen_with(&dir, &sealed(1)).load_all().unwrap(),
+            vec![("a".to_owned(), with_tokens("ACCESSnew", "REFRESHnew"))]
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn without_a_key_refresh_tokens_stay_off_the_disk_unless_asked() {
+        let dir = tempdir();
+        let no_refresh = Protection::default();
+        {
+            // Written with refresh tokens (an older agent, or asked for).
+            let s = Store::open(&dir, &plain()).unwrap();
+            s.save("a", &with_tokens("ACCESS1", "REFRESH1")).unwrap();
+        }
+        let s = reopen_with(&dir, &no_refresh);
+        // This run keeps the refresh token in memory; the disk has none.
+        assert_eq!(
+            s.load_all().unwrap(),
+            vec![("a".to_owned(), with_tokens("ACCESS1", "REFRESH1"))]
+        );
+        assert!(!holds(&dir, "REFRESH"));
+        s.save("a", &with_tokens("ACCESS2", "REFRESH2")).unwrap();
+        drop(s);
+        assert!(!holds(&dir, "REFRESH") && holds(&dir, "ACCESS2"));
+        let all = reopen_with(&dir, &no_refresh).load_all().unwrap();
+        let t = all[0].1.token.as_ref().unwrap();
+        assert_eq!((t.access.expose(), t.refresh.as_ref()), ("ACCESS2", None));
+        // Asked for: kept.
+        let s = reopen_with(&dir, &plain());
+        s.save("a", &with_tokens("ACCESS3", "REFRESH3")).unwrap();
+        drop(s);
+        assert!(holds(&dir, "REFRESH3"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -9,11 +9,21 @@ use std::time::Duration;
 
 /// An agent with every kind, a valid token for each, and short retries.
 fn running(tag: &str) -> (TempDir, Standin, Agent) {
+    running_with(tag, false)
+}
+
+/// `sealed`: with a store key, so that refresh tokens are kept on disk.
+fn running_with(tag: &str, sealed: bool) -> (TempDir, Standin, Agent) {
     let dir = TempDir::new(tag);
     let partners = standin();
+    let agent_keys = if sealed {
+        store_key_config(&dir, 1)
+    } else {
+        String::new()
+    };
     let text = config_text(
         &dir,
-        "",
+        &agent_keys,
         &format!(
             "[defaults]\ntimeout = \"2s\"\nmax_backoff = \"2s\"\nrefresh_cooldown = \"0s\"\n\n{}",
             partners.providers_toml()
@@ -358,7 +368,7 @@ fn no_secret_or_token_reaches_the_log() {
 
 #[test]
 fn a_lost_rotation_answer_falls_back_to_a_login_and_rotations_survive_a_crash() {
-    let (dir, partners, mut agent) = running("rotation");
+    let (dir, partners, mut agent) = running_with("rotation", true);
     let actions = |p: &Standin| -> Vec<(String, u16)> {
         p.requests(Kind::Autovit)
             .into_iter()

@@ -15,3 +15,4 @@ mod faults_e2e;
 mod fleet_sim;
 mod lifecycle_sim;
 mod powercut_e2e;
+mod store_e2e;

@@ -114,6 +114,15 @@ pub fn config_text(dir: &TempDir, extra_agent: &str, providers: &str) -> String 
     )
 }
 
+/// Writes a store key (32 bytes of `byte`, base64) to `<dir>/store-key` and
+/// returns the `[agent]` line that uses it.
+pub fn store_key_config(dir: &TempDir, byte: u8) -> String {
+    let path = dir.join("store-key");
+    let key = shop_auth_agent::base64::encode(&[byte; 32]);
+    std::fs::write(&path, format!("{key}\n")).unwrap();
+    format!("store_key = {{ file = {:?} }}", path.display().to_string())
+}
+
 pub fn write_config(dir: &TempDir, text: &str) -> PathBuf {
     let path = dir.join("config.toml");
     std::fs::write(&path, text).unwrap();
