@@ -4,7 +4,7 @@
 //! written.
 
 use crate::util::*;
-use shop_auth_agent::standin::{Kind, Mode, Standin};
+use standins::{Kind, Mode, Standin};
 
 /// Every byte of every file under `dir` (sled's files, the mirror, ...).
 fn all_bytes(dir: &std::path::Path) -> Vec<u8> {
