@@ -4,6 +4,7 @@
 //! Secrets are resolved here (inline, file, env, systemd credential), so a
 //! config that loads is a config the agent can run with.
 
+use crate::http::ProxySetting;
 use crate::paths::{self, Env};
 use crate::providers::{self, Partner};
 use crate::secret::Secret;
@@ -33,6 +34,8 @@ pub struct AgentSettings {
     pub admin_gids: Vec<u32>,
     /// Connections one uid may hold open at once.
     pub max_connections_per_uid: usize,
+    /// The proxy for partner requests, unless a provider names its own.
+    pub proxy: ProxySetting,
     /// `store_key` and `persist_refresh_tokens`: how stored records are
     /// written (sealed, and whether with refresh tokens).
     pub store: crate::store::Protection,
@@ -58,6 +61,8 @@ pub struct ProviderSettings {
     pub file_readers: crate::tokenfile::Readers,
     /// `None`: anyone who can open the socket.
     pub access: Option<Access>,
+    /// `proxy`, else `[agent] proxy`.
+    pub proxy: ProxySetting,
 }
 
 /// Who may read a provider's token, resolved to ids at load time.
@@ -146,6 +151,7 @@ pub fn load(path: &Path, env: Env) -> Result<Settings, ConfigError> {
         }],
     };
     let meta = std::fs::metadata(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+    trusted_file(&meta).map_err(fail)?;
     let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read: {e}")))?;
     let world_readable = meta.permissions().mode() & 0o004 != 0;
     parse(&text, &source, path.parent(), world_readable, env)
@@ -200,8 +206,7 @@ pub fn parse(
                 cx.problem(&path, "provider names are 1 to 64 of a-z, 0-9, _ and -");
             }
             if let Some(fields) = table.table(&mut cx, &name) {
-                let socket_group = agent.as_ref().and_then(|a| a.socket_group);
-                if let Some(p) = parse_provider(&mut cx, &name, fields, &defaults, socket_group) {
+                if let Some(p) = parse_provider(&mut cx, &name, fields, &defaults, agent.as_ref()) {
                     providers.push(p);
                 }
             }
@@ -473,7 +478,11 @@ fn read_secret(cx: &Cx, how: &str, arg: &str) -> Result<String, String> {
     match how {
         "file" => {
             let path = cx.resolve(arg);
-            from_file(&path, format!("file {}", path.display()))
+            let what = format!("file {}", path.display());
+            if let Ok(meta) = std::fs::metadata(&path) {
+                trusted_file(&meta).map_err(|e| format!("{what} {e}"))?;
+            }
+            from_file(&path, what)
         }
         "env" => (cx.env)(arg).ok_or_else(|| format!("environment variable {arg} is not set")),
         "credential" => {
@@ -565,6 +574,10 @@ fn parse_agent(cx: &mut Cx, fields: Option<Fields>) -> Option<AgentSettings> {
             .map_err(|e| cx.problem(&f.key("store_key"), e))
             .ok()
     });
+    let proxy = match f.string(cx, "proxy") {
+        Some(v) => proxy_setting(cx, &f.key("proxy"), &v),
+        None => ProxySetting::Off,
+    };
     let keep_refresh = f.boolean(cx, "persist_refresh_tokens");
     let store = crate::store::Protection {
         keep_refresh: keep_refresh.unwrap_or(key.is_some()),
@@ -579,6 +592,7 @@ fn parse_agent(cx: &mut Cx, fields: Option<Fields>) -> Option<AgentSettings> {
         admin_gids,
         max_connections_per_uid,
         store,
+        proxy,
     })
 }
 
@@ -655,14 +669,18 @@ fn parse_provider(
     name: &str,
     f: Fields,
     defaults: &Defaults,
-    socket_group: Option<u32>,
+    agent: Option<&AgentSettings>,
 ) -> Option<ProviderSettings> {
+    let socket_group = agent.and_then(|a| a.socket_group);
     let mut d = defaults.clone();
     let mut f = apply_common(cx, f, &mut d);
     let ca_pem = f.string(cx, "ca_file").and_then(|p| {
         let path = cx.resolve(&p);
-        let checked = std::fs::read(&path)
-            .map_err(|e| format!("file {} not readable: {e}", path.display()))
+        let checked = std::fs::metadata(&path)
+            .map_err(|e| format!("not readable: {e}"))
+            .and_then(|meta| trusted_file(&meta))
+            .and_then(|()| std::fs::read(&path).map_err(|e| format!("not readable: {e}")))
+            .map_err(|e| format!("file {} {e}", path.display()))
             .and_then(|pem| crate::http::check_ca_pem(&pem).map(|_| pem));
         checked.map_err(|e| cx.problem(&f.key("ca_file"), e)).ok()
     });
@@ -672,6 +690,10 @@ fn parse_provider(
             cx.problem(&f.key("file"), e);
         }
     }
+    let proxy = match f.string(cx, "proxy") {
+        Some(v) => proxy_setting(cx, &f.key("proxy"), &v),
+        None => agent.map(|a| a.proxy.clone()).unwrap_or_default(),
+    };
     let file_group = f.string(cx, "file_group");
     let file_group_key = f.key("file_group");
     let access = parse_access(cx, &mut f);
@@ -700,7 +722,36 @@ fn parse_provider(
         file,
         file_readers,
         access,
+        proxy,
     })
+}
+
+fn proxy_setting(cx: &mut Cx, path: &str, value: &str) -> ProxySetting {
+    ProxySetting::parse(value).unwrap_or_else(|e| {
+        cx.problem(path, e);
+        ProxySetting::Off
+    })
+}
+
+/// A file the agent takes orders or secrets from (the config, a secret
+/// file, a CA): only root or the agent's user may own it, and no one else
+/// may write it. A POS user who could write the config would point a
+/// `token_url` at their own listener.
+fn trusted_file(meta: &std::fs::Metadata) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    if !trusted_uids().contains(&meta.uid()) {
+        return Err(format!(
+            "is owned by uid {}, not root or the agent's user; chown root it",
+            meta.uid()
+        ));
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(format!(
+            "is writable by group or others (mode {mode:04o}); chmod go-w it"
+        ));
+    }
+    Ok(())
 }
 
 /// Root, the agent's own user, and the packaged service user: the owners a
@@ -1006,6 +1057,50 @@ mod tests {
                 .map(|p| format!("{}: {}", p.path, p.message))
                 .collect(),
         }
+    }
+
+    #[test]
+    fn files_others_can_write_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("saa-cfg-w-{}", crate::rand::hex(10)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("config.toml");
+        let secret = dir.join("key");
+        std::fs::write(&secret, "k").unwrap();
+        std::fs::write(
+            &config,
+            "[providers.a]\nkind = \"autoleap\"\npartner_id = \"P\"\nauth_key = { file = \"key\" }\n",
+        )
+        .unwrap();
+        let chmod = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        chmod(&secret, 0o640);
+        for mode in [0o600, 0o640, 0o644] {
+            chmod(&config, mode);
+            load(&config, &no_env).unwrap_or_else(|e| panic!("{mode:o}: {e}"));
+        }
+        for mode in [0o662, 0o620, 0o666] {
+            chmod(&config, mode);
+            let e = load(&config, &no_env).unwrap_err().to_string();
+            assert!(e.contains("writable by group or others"), "{mode:o}: {e}");
+        }
+        chmod(&config, 0o600);
+        chmod(&secret, 0o660);
+        let e = load(&config, &no_env).unwrap_err();
+        assert_eq!(e.problems[0].path, "providers.a.auth_key", "{e}");
+        assert!(e.to_string().contains("writable by group or others"), "{e}");
+        chmod(&secret, 0o600);
+        // Owned by a POS user: refused, for the config and for a secret.
+        if sys::current_uid() == 0 {
+            std::os::unix::fs::chown(&secret, Some(4242), None).unwrap();
+            let e = load(&config, &no_env).unwrap_err().to_string();
+            assert!(e.contains("owned by uid 4242"), "{e}");
+            std::os::unix::fs::chown(&config, Some(4242), None).unwrap();
+            let e = load(&config, &no_env).unwrap_err().to_string();
+            assert!(e.contains("owned by uid 4242"), "{e}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

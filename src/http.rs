@@ -5,6 +5,7 @@
 //! (see `providers::check_status`).
 
 use crate::providers::{ErrorKind, ProviderError};
+use crate::secret::Secret;
 use crate::timefmt::{now_unix, parse_http_date};
 use std::io;
 use std::sync::{Arc, OnceLock};
@@ -24,6 +25,51 @@ pub struct Response {
     /// The `Date` header, unix seconds.
     pub date: Option<i64>,
     pub content_type: Option<String>,
+}
+
+/// Which proxy partner requests go through (`proxy` in the config).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ProxySetting {
+    /// Straight to the partner, whatever the environment says.
+    #[default]
+    Off,
+    /// `HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY` and `NO_PROXY`, as the
+    /// environment gives them (`proxy = "env"`).
+    Env,
+    /// This proxy for every request, loopback included. A `Secret`: the
+    /// URL may carry the proxy's password.
+    Url(Secret),
+}
+
+impl ProxySetting {
+    /// Reads a config value: `"env"`, `"none"` or an `http://` or
+    /// `https://` proxy URL. The error never repeats the value.
+    pub fn parse(value: &str) -> Result<ProxySetting, String> {
+        match value {
+            "env" => Ok(ProxySetting::Env),
+            "none" => Ok(ProxySetting::Off),
+            url => {
+                let ok = (url.starts_with("http://") || url.starts_with("https://"))
+                    && ureq::Proxy::new(url).is_ok();
+                if ok {
+                    Ok(ProxySetting::Url(Secret::new(url)))
+                } else {
+                    Err(
+                        "expected \"env\", \"none\" or a proxy URL like \"http://proxy.lan:3128\""
+                            .to_owned(),
+                    )
+                }
+            }
+        }
+    }
+
+    fn proxy(&self) -> Option<ureq::Proxy> {
+        match self {
+            ProxySetting::Off => None,
+            ProxySetting::Env => ureq::Proxy::try_from_env(),
+            ProxySetting::Url(url) => ureq::Proxy::new(url.expose()).ok(),
+        }
+    }
 }
 
 pub struct Http {
@@ -71,7 +117,11 @@ pub fn check_ca_pem(pem: &[u8]) -> Result<usize, String> {
 impl Http {
     /// A client with `timeout` for each whole request, trusting the system
     /// store plus `extra_ca_pem`.
-    pub fn new(timeout: Duration, extra_ca_pem: Option<&[u8]>) -> Result<Http, String> {
+    pub fn new(
+        timeout: Duration,
+        extra_ca_pem: Option<&[u8]>,
+        proxy: &ProxySetting,
+    ) -> Result<Http, String> {
         let mut roots: Vec<Certificate<'static>> = system_roots().to_vec();
         if let Some(pem) = extra_ca_pem {
             let extra = parse_certs(pem);
@@ -99,8 +149,9 @@ impl Http {
             .max_idle_connections_per_host(0)
             .accept("application/json")
             // ureq reads HTTP_PROXY and friends by default. A proxy sees every
-            // credential we send; it is not the environment's to choose.
-            .proxy(None)
+            // credential we send; it is not the environment's to choose, but
+            // the config's (`proxy`).
+            .proxy(proxy.proxy())
             .tls_config(tls)
             .build();
         Ok(Http {
@@ -113,13 +164,17 @@ impl Http {
     /// that asks for the same: each client holds its own copy of the
     /// system's trusted CAs (~0.8 MiB parsed), which five providers need
     /// only once.
-    pub fn shared(timeout: Duration, extra_ca_pem: Option<&[u8]>) -> Result<Arc<Http>, String> {
-        type Key = (Duration, Option<Vec<u8>>);
+    pub fn shared(
+        timeout: Duration,
+        extra_ca_pem: Option<&[u8]>,
+        proxy: &ProxySetting,
+    ) -> Result<Arc<Http>, String> {
+        type Key = (Duration, Option<Vec<u8>>, ProxySetting);
         static CLIENTS: std::sync::Mutex<Vec<(Key, std::sync::Weak<Http>)>> =
             std::sync::Mutex::new(Vec::new());
         let mut clients = CLIENTS.lock().unwrap_or_else(|p| p.into_inner());
         clients.retain(|(_, weak)| weak.strong_count() > 0);
-        let key: Key = (timeout, extra_ca_pem.map(<[u8]>::to_vec));
+        let key: Key = (timeout, extra_ca_pem.map(<[u8]>::to_vec), proxy.clone());
         if let Some(http) = clients
             .iter()
             .find(|(k, _)| *k == key)
@@ -127,7 +182,7 @@ impl Http {
         {
             return Ok(http);
         }
-        let http = Arc::new(Http::new(timeout, extra_ca_pem)?);
+        let http = Arc::new(Http::new(timeout, extra_ca_pem, proxy)?);
         clients.push((key, Arc::downgrade(&http)));
         Ok(http)
     }
@@ -297,7 +352,7 @@ mod tests {
     }
 
     fn client() -> Http {
-        Http::new(Duration::from_secs(5), None).unwrap()
+        Http::new(Duration::from_secs(5), None, &ProxySetting::Off).unwrap()
     }
 
     #[test]

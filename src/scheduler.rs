@@ -151,7 +151,7 @@ fn admins(settings: &Settings) -> Access {
 /// The shared HTTP client for a provider's timeout and CA (a bad CA file is
 /// the one way this fails).
 fn http_for(p: &ProviderSettings) -> Result<Arc<Http>, String> {
-    Http::shared(p.timeout, p.ca_pem.as_deref())
+    Http::shared(p.timeout, p.ca_pem.as_deref(), &p.proxy)
         .map_err(|e| format!("providers.{}.ca_file: {e}", p.name))
 }
 

@@ -667,6 +667,125 @@ fn proxy_variables_in_the_environment_are_ignored() {
     );
 }
 
+/// A CONNECT proxy on loopback that tunnels to the target and records
+/// each CONNECT's target.
+fn tunnel_proxy() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::{TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(client.try_clone().unwrap());
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                loop {
+                    let mut header = String::new();
+                    if reader.read_line(&mut header).unwrap() <= 2 {
+                        break;
+                    }
+                }
+                let target = line.split(' ').nth(1).unwrap_or("").to_owned();
+                log.lock().unwrap().push(line.trim().to_owned());
+                let Ok(upstream) = TcpStream::connect(&target) else {
+                    return;
+                };
+                let mut client = client;
+                client
+                    .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    .unwrap();
+                let (mut up_r, mut up_w) = (upstream.try_clone().unwrap(), upstream);
+                let mut down_w = client;
+                let mut down_r = reader;
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut up_r, &mut down_w);
+                });
+                let _ = std::io::copy(&mut down_r, &mut up_w);
+            });
+        }
+    });
+    (url, seen)
+}
+
+#[test]
+fn a_configured_proxy_carries_every_partner_request() {
+    let dir = TempDir::new("proxy");
+    let partners = standin();
+    let (url, seen) = tunnel_proxy();
+    // For every provider by [agent]; "env" for one, which then follows
+    // HTTP_PROXY; "none" for another.
+    let providers = format!("{NO_COOLDOWN}\n{}", partners.providers_toml())
+        .replace(
+            "[providers.oauth2]\n",
+            "[providers.oauth2]\nproxy = \"none\"\n",
+        )
+        .replace(
+            "[providers.carrental]\n",
+            "[providers.carrental]\nproxy = \"env\"\n",
+        );
+    write_config(
+        &dir,
+        &config_text(&dir, &format!("proxy = {url:?}"), &providers),
+    );
+    let (env_url, env_seen) = tunnel_proxy();
+    let agent = Agent::spawn(
+        &dir,
+        &[
+            ("HTTP_PROXY", env_url.as_str()),
+            ("http_proxy", env_url.as_str()),
+            ("NO_PROXY", ""),
+            ("no_proxy", ""),
+        ],
+    );
+    agent.wait_ready();
+    for name in PROVIDERS {
+        agent.wait_token(name);
+    }
+    let target = partners.base_url().trim_start_matches("http://").to_owned();
+    let connects = |seen: &Arc<std::sync::Mutex<Vec<String>>>| {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.starts_with("CONNECT ") && l.contains(&target))
+            .count()
+    };
+    // Four providers over the agent's proxy, loopback or not; carrental
+    // over the environment's; oauth2 over none.
+    assert!(connects(&seen) >= 4, "{:?}", seen.lock().unwrap());
+    assert!(connects(&env_seen) >= 1, "{:?}", env_seen.lock().unwrap());
+    let carrental_before = connects(&env_seen);
+    let all_before = connects(&seen) + carrental_before;
+    let oauth2_before = partners.count(Kind::OAuth2);
+    assert_eq!(agent.ask("REFRESH oauth2")["ok"], true);
+    assert!(partners.count(Kind::OAuth2) > oauth2_before);
+    assert_eq!(connects(&seen) + connects(&env_seen), all_before);
+    // A proxy URL that does not parse is a config error that does not
+    // repeat the value (it may hold the proxy's password).
+    write_config(
+        &dir,
+        &config_text(
+            &dir,
+            "proxy = \"ftp://user:pw123@x\"",
+            &partners.providers_toml(),
+        ),
+    );
+    let out = bin()
+        .args(["check-config", "--config"])
+        .arg(dir.join("config.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(exit_code(&out), 78);
+    let err = stderr(&out);
+    assert!(
+        err.contains("agent.proxy") && !err.contains("pw123"),
+        "{err}"
+    );
+}
+
 /// Runs `cmd` with core dumps allowed (RLIMIT_CORE unlimited) in `cwd`,
 /// waits for `ready`, crashes it with SIGABRT (what a failed assertion in
 /// C code raises; Rust catches a SIGSEGV that is not a fault), and says whether the kernel
