@@ -551,10 +551,37 @@ fn warn_unopened(codec: &Codec, n: usize) {
 /// [`Store::open`] describes, and makes durable whatever opening created
 /// or renamed. A database that may hold in plain text more than `codec`
 /// allows is rewritten (see [`rewrite`]).
+///
+/// Whatever existed before (a state dir made by hand as 0755 under umask
+/// 022, files of an older version), the state dir and every folder in it
+/// end 0700 and every file 0600, before anything is read.
+fn make_private(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::symlink_metadata(dir)?;
+    let want = if meta.is_dir() {
+        0o700
+    } else if meta.is_file() {
+        0o600
+    } else {
+        // A link is not followed; sled makes none.
+        return Ok(());
+    };
+    if meta.permissions().mode() & 0o7777 != want {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(want))?;
+    }
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(dir)? {
+            make_private(&entry?.path())?;
+        }
+    }
+    Ok(())
+}
+
 fn open_files(state_dir: &Path, codec: &Codec) -> Result<Found, StoreError> {
     let db_path = state_dir.join("db");
     crate::durable::create_dir_all(state_dir, 0o700)
         .map_err(io_error(format!("creating {}", state_dir.display())))?;
+    make_private(state_dir).map_err(io_error(format!("securing {}", state_dir.display())))?;
     let (mirror, copy) =
         Mirror::open(state_dir).map_err(io_error("opening the store's mirror".into()))?;
     let mut damage: Option<(StoreError, PathBuf)> = None;
@@ -988,6 +1015,43 @@ mod tests {
         Store::open(&dir, &plain()).unwrap();
         let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
+        std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn a_state_dir_made_open_beforehand_is_made_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempdir().join("state");
+        let store = Store::open(&dir, &plain()).unwrap();
+        store.save("a", &record()).unwrap();
+        drop(store);
+        // As a manual install under umask 022 leaves it.
+        let chmod = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        let mut all = vec![dir.clone()];
+        let mut i = 0;
+        while i < all.len() {
+            if all[i].is_dir() {
+                let more: Vec<PathBuf> = std::fs::read_dir(&all[i])
+                    .unwrap()
+                    .map(|e| e.unwrap().path())
+                    .collect();
+                all.extend(more);
+            }
+            i += 1;
+        }
+        assert!(all.len() > 3, "{all:?}");
+        for p in &all {
+            chmod(p, if p.is_dir() { 0o755 } else { 0o644 });
+        }
+        let store = Store::open(&dir, &plain()).unwrap();
+        assert!(store.load_all().unwrap().iter().any(|(n, _)| n == "a"));
+        for p in &all {
+            let mode = std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            let want = if p.is_dir() { 0o700 } else { 0o600 };
+            assert_eq!(mode, want, "{}", p.display());
+        }
         std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
     }
 
