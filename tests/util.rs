@@ -255,11 +255,13 @@ impl Drop for Agent {
     }
 }
 
-/// Fails if `text` holds a stand-in credential or anything shaped like the
-/// tokens the stand-ins issue (40 hex digits, `rT` + 30 hex digits, a JWT).
-pub fn assert_no_leak(text: &str) {
+/// Every stand-in credential in each form a request carries it: as is,
+/// form-encoded, and inside the HTTP Basic headers (base64 of `id:secret`).
+pub fn secret_forms() -> Vec<String> {
+    use shop_auth_agent::providers::rfc6749::form_urlencode as form;
     use standins::creds::*;
-    for secret in [
+    let b64 = |s: String| shop_auth_agent::base64::encode(s.as_bytes());
+    let secrets = [
         AUTOLEAP_AUTH_KEY,
         MAKELEAPS_CLIENT_SECRET,
         AUTOVIT_CLIENT_SECRET,
@@ -268,8 +270,29 @@ pub fn assert_no_leak(text: &str) {
         CARRENTAL_PASSWORD,
         OAUTH2_CLIENT_SECRET,
         OAUTH2_PASSWORD,
-    ] {
-        assert!(!text.contains(secret), "a secret reached the log");
+    ];
+    let mut forms: Vec<String> = secrets.iter().map(|s| s.to_string()).collect();
+    forms.extend(secrets.iter().map(|s| form(s)));
+    forms.extend([
+        b64(format!("{MAKELEAPS_CLIENT_ID}:{MAKELEAPS_CLIENT_SECRET}")),
+        b64(format!("{AUTOVIT_CLIENT_ID}:{AUTOVIT_CLIENT_SECRET}")),
+        b64(format!(
+            "{}:{}",
+            form(OAUTH2_CLIENT_ID),
+            form(OAUTH2_CLIENT_SECRET)
+        )),
+    ]);
+    forms.sort();
+    forms.dedup();
+    forms
+}
+
+/// Fails if `text` holds a stand-in credential in any form a request
+/// carries it ([`secret_forms`]) or anything shaped like the tokens the
+/// stand-ins issue (40 hex digits, `rT` + 30 hex digits, a JWT).
+pub fn assert_no_leak(text: &str) {
+    for secret in secret_forms() {
+        assert!(!text.contains(&secret), "a secret reached the log");
     }
     let mut run = 0;
     for c in text.chars() {
