@@ -35,6 +35,8 @@ Commands:
   run                  run the agent in the foreground (what systemd starts)
   dev                  run the agent on an embedded default with stand-in partners
   token NAME [--json]  print the current access token of provider NAME
+  invalidate NAME [TOKEN] [--json]
+                       the partner refused TOKEN (401): print a new one
   status [--json]      show every provider's state
   refresh NAME|--all   renew now
   logout NAME          revoke where the partner supports it, forget the tokens
@@ -109,8 +111,8 @@ pub fn main(program: &str, args: impl IntoIterator<Item = OsString>) -> i32 {
     }
     let words: Vec<&str> = args.words.iter().map(String::as_str).collect();
     let command = words.first().copied().unwrap_or("");
-    if args.json && !matches!(command, "token" | "status" | "refresh") {
-        return usage_error("--json goes with token, status or refresh");
+    if args.json && !matches!(command, "token" | "invalidate" | "status" | "refresh") {
+        return usage_error("--json goes with token, invalidate, status or refresh");
     }
     if args.all && command != "refresh" {
         return usage_error("--all goes with refresh");
@@ -119,21 +121,29 @@ pub fn main(program: &str, args: impl IntoIterator<Item = OsString>) -> i32 {
         ["run"] => run(&args),
         ["dev"] => crate::dev::run(program),
         ["check-config"] => check_config(&args),
-        ["token", name] => token(&args, name),
+        ["token", name] => token(&args, name, &format!("TOKEN {name}")),
+        ["invalidate", name] => token(&args, name, &format!("INVALIDATE {name}")),
+        ["invalidate", name, refused] => {
+            token(&args, name, &format!("INVALIDATE {name} {refused}"))
+        }
         ["status"] => status(&args),
         ["refresh"] if args.all => refresh_all(&args),
         ["refresh", name] if !args.all => refresh(&args, name),
         ["refresh", _] => usage_error("refresh takes a NAME or --all, not both"),
         ["refresh"] => usage_error("refresh needs a NAME or --all"),
-        ["token" | "logout"] => usage_error(&format!("{command} needs a provider NAME")),
+        ["token" | "logout" | "invalidate"] => usage_error(&format!(
+            "{command} needs a provider NAME (`shop-auth-agent status` lists them)"
+        )),
         ["logout", name] => logout(&args, name),
         [] => usage_error("a command is needed"),
         [cmd, ..] => usage_error(&format!("unknown command or wrong arguments: {cmd}")),
     }
 }
 
+/// The mistake in one line, and where the usage is: the whole usage text
+/// would bury the line that matters.
 fn usage_error(message: &str) -> i32 {
-    eprintln!("shop-auth-agent: {message}\n\n{USAGE}");
+    eprintln!("shop-auth-agent: {message}\n(`shop-auth-agent --help` shows the usage)");
     exit::USAGE
 }
 
@@ -177,8 +187,8 @@ fn run(args: &Args) -> i32 {
 
 fn check_config(args: &Args) -> i32 {
     let path = config_path(args);
-    match config::load(&path, &paths::process_env) {
-        Ok(s) => {
+    match config::load_for_check(&path, &paths::process_env) {
+        Ok((s, notes)) => {
             let names: Vec<&str> = s.providers.iter().map(|p| p.name.as_str()).collect();
             println!(
                 "{}: ok, {} provider{}{}{}",
@@ -188,6 +198,9 @@ fn check_config(args: &Args) -> i32 {
                 if names.is_empty() { "" } else { ": " },
                 names.join(", ")
             );
+            for note in notes {
+                println!("note: {note}");
+            }
             for p in &s.providers {
                 if let (Some(file), crate::tokenfile::Readers::Nobody) = (&p.file, p.file_readers) {
                     println!(
@@ -276,14 +289,31 @@ fn one_request(args: &Args, request: &str) -> Result<Value, i32> {
     }
 }
 
-fn token(args: &Args, name: &str) -> i32 {
+/// `token`, and `invalidate` (whose answer is the same: the token to use).
+fn token(args: &Args, name: &str, request: &str) -> i32 {
+    // With --json a script reads stdout only: a failure to reach the agent
+    // is a JSON error there too (the message is on stderr as ever).
+    let failed = |code: i32| {
+        if args.json {
+            let error = match code {
+                exit::UNAVAILABLE => "unreachable",
+                exit::NOPERM => "permission_denied",
+                _ => "bad_answer",
+            };
+            println!(
+                "{}",
+                serde_json::json!({"ok": false, "error": error, "provider": name})
+            );
+        }
+        code
+    };
     let mut client = match connect(args) {
         Ok(c) => c,
-        Err(code) => return code,
+        Err(code) => return failed(code),
     };
-    let answer = match ask(&mut client, &format!("TOKEN {name}")) {
+    let answer = match ask(&mut client, request) {
         Ok(a) => a,
-        Err(code) => return code,
+        Err(code) => return failed(code),
     };
     if args.json {
         // The whole answer, failures too: a script reads the error there.

@@ -63,6 +63,18 @@ pub struct ProviderSettings {
     pub access: Option<Access>,
     /// `proxy`, else `[agent] proxy`.
     pub proxy: ProxySetting,
+    /// Whether renewals may use the refresh grant.
+    pub refresh: RefreshMode,
+}
+
+/// `refresh = "auto" | "never"`: whether a kind that can renew with a
+/// refresh token does (auto: until the partner refuses the grant, which is
+/// then remembered), or always logs in again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RefreshMode {
+    #[default]
+    Auto,
+    Never,
 }
 
 /// Who may read a provider's token, resolved to ids at load time.
@@ -142,6 +154,16 @@ const DEFAULT_SOCKET_MODE: u32 = 0o660;
 
 /// Reads and checks the config file at `path`.
 pub fn load(path: &Path, env: Env) -> Result<Settings, ConfigError> {
+    load_with(path, env, None).map(|(s, _)| s)
+}
+
+/// [`load`]; with `check`, credentials come from the unit's sources
+/// (see [`load_for_check`]).
+fn load_with(
+    path: &Path,
+    env: Env,
+    check: Option<Vec<(String, PathBuf, bool)>>,
+) -> Result<(Settings, Notes), ConfigError> {
     let source = path.display().to_string();
     let fail = |message: String| ConfigError {
         source: source.clone(),
@@ -154,7 +176,83 @@ pub fn load(path: &Path, env: Env) -> Result<Settings, ConfigError> {
     trusted_file(&meta).map_err(fail)?;
     let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read: {e}")))?;
     let world_readable = meta.permissions().mode() & 0o004 != 0;
-    parse(&text, &source, path.parent(), world_readable, env)
+    // Relative file paths in the config are the config folder's, and are
+    // reported resolved: "file /etc/shop-auth-agent/x not readable".
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    parse_with(
+        &text,
+        &source,
+        absolute.parent(),
+        world_readable,
+        env,
+        check,
+    )
+}
+
+/// What `check-config` says besides problems.
+pub type Notes = Vec<String>;
+
+/// [`load`] as `check-config` runs it, outside the service: a
+/// `{ credential = "NAME" }` secret, which systemd hands only to the running
+/// unit, is read from the unit's `LoadCredential=NAME:PATH` when this user
+/// can read that file (root), and otherwise reported in the notes as
+/// resolved by systemd at start (`LoadCredentialEncrypted=` always is),
+/// rather than failing the check.
+pub fn load_for_check(path: &Path, env: Env) -> Result<(Settings, Notes), ConfigError> {
+    let check = match env("CREDENTIALS_DIRECTORY") {
+        Some(_) => None,
+        None => Some(unit_credentials(Path::new("/"))),
+    };
+    load_with(path, env, check)
+}
+
+/// `LoadCredential=` and `LoadCredentialEncrypted=` of the installed unit
+/// and its drop-ins under `root`: name → (path, encrypted); later files win.
+fn unit_credentials(root: &Path) -> Vec<(String, PathBuf, bool)> {
+    let unit = "shop-auth-agent.service";
+    let mut files = Vec::new();
+    for dir in [
+        "usr/lib/systemd/system",
+        "lib/systemd/system",
+        "etc/systemd/system",
+    ] {
+        files.push(root.join(dir).join(unit));
+    }
+    for dir in [
+        "usr/lib/systemd/system",
+        "etc/systemd/system",
+        "run/systemd/system",
+    ] {
+        if let Ok(entries) = std::fs::read_dir(root.join(dir).join(format!("{unit}.d"))) {
+            let mut conf: Vec<PathBuf> = entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "conf"))
+                .collect();
+            conf.sort();
+            files.extend(conf);
+        }
+    }
+    let mut found: Vec<(String, PathBuf, bool)> = Vec::new();
+    for file in files {
+        let Ok(text) = std::fs::read_to_string(&file) else {
+            continue;
+        };
+        for line in text.lines().map(str::trim) {
+            let (encrypted, value) = if let Some(v) = line.strip_prefix("LoadCredential=") {
+                (false, v)
+            } else if let Some(v) = line.strip_prefix("LoadCredentialEncrypted=") {
+                (true, v)
+            } else {
+                continue;
+            };
+            if let Some((name, source)) = value.split_once(':') {
+                found.retain(|(n, _, _)| n != name);
+                found.push((name.to_owned(), PathBuf::from(source), encrypted));
+            }
+        }
+    }
+    found
 }
 
 /// Checks config text. `base` resolves relative file paths; `world_readable`
@@ -167,11 +265,24 @@ pub fn parse(
     world_readable: bool,
     env: Env,
 ) -> Result<Settings, ConfigError> {
+    parse_with(text, source, base, world_readable, env, None).map(|(s, _)| s)
+}
+
+fn parse_with(
+    text: &str,
+    source: &str,
+    base: Option<&Path>,
+    world_readable: bool,
+    env: Env,
+    check: Option<Vec<(String, PathBuf, bool)>>,
+) -> Result<(Settings, Notes), ConfigError> {
     let mut cx = Cx {
         problems: Vec::new(),
         env,
         base: base.map(Path::to_path_buf),
         world_readable,
+        check,
+        notes: Vec::new(),
     };
     let root = match text.parse::<Table>() {
         Ok(t) => t,
@@ -218,10 +329,11 @@ pub fn parse(
         return Err(cx.into_error(source));
     }
     providers.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(Settings {
+    let settings = Settings {
         agent: agent.expect("agent settings exist when there are no problems"),
         providers,
-    })
+    };
+    Ok((settings, cx.notes))
 }
 
 /// `[a-z0-9_-]{1,64}`: the provider name rule, shared with the protocol parser.
@@ -237,6 +349,10 @@ struct Cx<'a> {
     env: Env<'a>,
     base: Option<PathBuf>,
     world_readable: bool,
+    /// `check-config` outside the service: the unit's credential sources
+    /// (name, path, encrypted), read in place of `$CREDENTIALS_DIRECTORY`.
+    check: Option<Vec<(String, PathBuf, bool)>>,
+    notes: Notes,
 }
 
 impl Cx<'_> {
@@ -268,6 +384,8 @@ impl Cx<'_> {
 struct Fields {
     path: String,
     table: Table,
+    /// Every key looked for: what an unknown key may be a misspelling of.
+    asked: Vec<String>,
 }
 
 fn join(path: &str, key: &str) -> String {
@@ -287,6 +405,7 @@ impl Fields {
         Fields {
             path: path.to_owned(),
             table,
+            asked: Vec::new(),
         }
     }
 
@@ -295,11 +414,19 @@ impl Fields {
     }
 
     fn take(&mut self, key: &str) -> Option<Value> {
+        self.note_asked(key);
         self.table.remove(key)
     }
 
-    fn has(&self, key: &str) -> bool {
+    fn has(&mut self, key: &str) -> bool {
+        self.note_asked(key);
         self.table.contains_key(key)
+    }
+
+    fn note_asked(&mut self, key: &str) {
+        if !self.asked.iter().any(|k| k == key) {
+            self.asked.push(key.to_owned());
+        }
     }
 
     fn string(&mut self, cx: &mut Cx, key: &str) -> Option<String> {
@@ -460,12 +587,58 @@ impl Fields {
 
     fn finish(self, cx: &mut Cx) {
         for key in self.table.keys() {
-            cx.problem(&join(&self.path, key), "unknown key");
+            let message = match did_you_mean(key, &self.asked) {
+                Some(k) => format!("unknown key; did you mean {k}?"),
+                None => "unknown key".to_owned(),
+            };
+            cx.problem(&join(&self.path, key), message);
         }
     }
 }
 
-fn read_secret(cx: &Cx, how: &str, arg: &str) -> Result<String, String> {
+/// What stands for a credential `check-config` cannot read: 64 hex digits,
+/// so that even a `store_key` passes its checks. Never used to run.
+const DEFERRED_CREDENTIAL: &str =
+    "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// The known key closest to `key`, if it is a plausible misspelling: at
+/// most two edits apart (a third of the key's length at most).
+fn did_you_mean<'a>(key: &str, known: &'a [String]) -> Option<&'a str> {
+    let limit = (key.chars().count() / 3).clamp(1, 2);
+    known
+        .iter()
+        .map(|k| (edit_distance(key, k), k))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k.as_str())
+}
+
+/// Levenshtein distance, with an adjacent swap counting as one edit.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            d[i][j] = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
+            }
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+fn read_secret(cx: &mut Cx, how: &str, arg: &str) -> Result<String, String> {
     let from_file = |path: &Path, what: String| -> Result<String, String> {
         let mut s =
             std::fs::read_to_string(path).map_err(|e| format!("{what} not readable: {e}"))?;
@@ -488,6 +661,25 @@ fn read_secret(cx: &Cx, how: &str, arg: &str) -> Result<String, String> {
         "credential" => {
             if arg.is_empty() || arg.contains('/') {
                 return Err(format!("credential name {arg:?} is not a plain name"));
+            }
+            if let Some(sources) = &cx.check {
+                let source = sources.iter().find(|(n, _, _)| n == arg).cloned();
+                match source {
+                    Some((_, path, false)) if std::fs::File::open(&path).is_ok() => {
+                        return from_file(&path, format!("credential {arg} ({})", path.display()));
+                    }
+                    Some((_, path, encrypted)) => cx.notes.push(format!(
+                        "credential {arg}: resolved by systemd at start (LoadCredential{}={arg}:{}{})",
+                        if encrypted { "Encrypted" } else { "" },
+                        path.display(),
+                        if encrypted { "" } else { ", not readable here" }
+                    )),
+                    None => cx.notes.push(format!(
+                        "credential {arg}: resolved by systemd at start; the installed unit \
+                         names no LoadCredential={arg}:/path, add one (systemctl edit shop-auth-agent)"
+                    )),
+                }
+                return Ok(DEFERRED_CREDENTIAL.to_owned());
             }
             let dir = (cx.env)("CREDENTIALS_DIRECTORY").ok_or_else(|| {
                 format!(
@@ -694,6 +886,17 @@ fn parse_provider(
         Some(v) => proxy_setting(cx, &f.key("proxy"), &v),
         None => agent.map(|a| a.proxy.clone()).unwrap_or_default(),
     };
+    let refresh = match f.string(cx, "refresh").as_deref() {
+        None | Some("auto") => RefreshMode::Auto,
+        Some("never") => RefreshMode::Never,
+        Some(other) => {
+            cx.problem(
+                &f.key("refresh"),
+                format!("expected \"auto\" or \"never\", got {other:?}"),
+            );
+            RefreshMode::Auto
+        }
+    };
     let file_group = f.string(cx, "file_group");
     let file_group_key = f.key("file_group");
     let access = parse_access(cx, &mut f);
@@ -723,6 +926,7 @@ fn parse_provider(
         file_readers,
         access,
         proxy,
+        refresh,
     })
 }
 
@@ -1057,6 +1261,72 @@ mod tests {
                 .map(|p| format!("{}: {}", p.path, p.message))
                 .collect(),
         }
+    }
+
+    #[test]
+    fn check_config_reads_credentials_where_the_unit_loads_them() {
+        let root = std::env::temp_dir().join(format!("saa-cfg-unit-{}", crate::rand::hex(10)));
+        let dropins = root.join("etc/systemd/system/shop-auth-agent.service.d");
+        std::fs::create_dir_all(&dropins).unwrap();
+        std::fs::create_dir_all(root.join("lib/systemd/system")).unwrap();
+        std::fs::write(
+            root.join("lib/systemd/system/shop-auth-agent.service"),
+            "[Service]\nLoadCredential=ml:/old/path\n",
+        )
+        .unwrap();
+        let secret = root.join("ml.secret");
+        std::fs::write(&secret, "from-unit\n").unwrap();
+        std::fs::write(
+            dropins.join("50-x.conf"),
+            format!(
+                "[Service]\nLoadCredential=ml:{}\nLoadCredentialEncrypted=store-key:/etc/credstore.encrypted/k\n",
+                secret.display()
+            ),
+        )
+        .unwrap();
+        let sources = unit_credentials(&root);
+        assert_eq!(sources.len(), 2, "{sources:?}");
+        assert!(sources.contains(&("ml".into(), secret.clone(), false)));
+        let config = root.join("config.toml");
+        std::fs::write(
+            &config,
+            "[agent]\nstore_key = { credential = \"store-key\" }\n\
+             [providers.a]\nkind = \"makeleaps\"\nclient_id = \"c\"\nclient_secret = { credential = \"ml\" }\n\
+             [providers.b]\nkind = \"carrental\"\nurl = \"https://x/a\"\nusername = \"u\"\npassword = { credential = \"nowhere\" }\n",
+        )
+        .unwrap();
+        let (s, notes) = load_with(&config, &no_env, Some(sources)).unwrap();
+        assert_eq!(
+            s.providers[0].partner.provider().secrets()[0].expose(),
+            "from-unit"
+        );
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(
+            notes[0].contains("store-key: resolved by systemd at start (LoadCredentialEncrypted")
+        );
+        assert!(notes[1].contains("nowhere") && notes[1].contains("names no LoadCredential"));
+        // Run as the service would, without $CREDENTIALS_DIRECTORY: refused.
+        assert!(load(&config, &no_env).is_err());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn an_unknown_key_names_the_key_it_may_mean() {
+        let p = problems(
+            "[agent]\nsocket_mod = \"0600\"\n[providers.a]\nkind = \"carrental\"\nurl = \"https://x/a\"\nusername = \"u\"\npasword = \"p\"\ncolour = \"blue\"\n",
+        );
+        assert!(
+            p.contains(&"agent.socket_mod: unknown key; did you mean socket_mode?".to_owned()),
+            "{p:?}"
+        );
+        assert!(
+            p.contains(&"providers.a.pasword: unknown key; did you mean password?".to_owned()),
+            "{p:?}"
+        );
+        assert!(
+            p.contains(&"providers.a.colour: unknown key".to_owned()),
+            "{p:?}"
+        );
     }
 
     #[test]

@@ -103,7 +103,7 @@ fn run_in(dir: &Path, program: &str) -> i32 {
         "  {program} token {}",
         names.first().map(String::as_str).unwrap_or("autoleap")
     );
-    println!("  printf 'TOKEN makeleaps\\n' | socat - UNIX-CONNECT:{s}");
+    println!("  printf 'TOKEN makeleaps\\n' | socat - UNIX-CONNECT:{s}    # the protocol itself (apt install socat)");
     println!("  python3 -c 'import socket; s=socket.socket(socket.AF_UNIX); s.connect(\"{s}\"); s.sendall(b\"STATUS\\n\"); print(s.recv(65536).decode())'");
     println!(
         "Providers: {}. Ctrl-C stops the agent and removes {}.",

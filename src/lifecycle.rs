@@ -69,8 +69,9 @@ pub enum Op {
 pub enum Outcome {
     /// A new token (its stamps in the wall clock's current terms).
     Token(Token),
-    /// The logout is done.
-    LoggedOut,
+    /// The logout is done: forgotten here, and revoked at the partner
+    /// unless `unrevoked` says why not (shown as the last error).
+    LoggedOut { unrevoked: Option<String> },
     /// The partner did not give a token. An answer lost on the way is a
     /// transient failure like any other network trouble.
     Failed {
@@ -586,10 +587,11 @@ impl Lifecycle {
         match outcome {
             // The failures stay: a logout does not lift the backoff of
             // rejected credentials.
-            Outcome::LoggedOut => (
+            Outcome::LoggedOut { unrevoked } => (
                 None,
                 Health {
                     logged_out: true,
+                    last_error: unrevoked.clone().or_else(|| self.health.last_error.clone()),
                     ..self.health.clone()
                 },
             ),
@@ -652,7 +654,7 @@ impl Lifecycle {
             _ => self.forced_ok_at,
         };
         match outcome {
-            Outcome::LoggedOut => {
+            Outcome::LoggedOut { .. } => {
                 self.token = None;
                 self.restored = None;
                 self.refresh_at = None;
@@ -836,6 +838,7 @@ mod tests {
             scope: None,
             obtained_at: obtained,
             expires_at: obtained + lifetime,
+            refresh_refused: false,
         }
     }
 
@@ -1003,7 +1006,11 @@ mod tests {
         assert_eq!(l.on(Event::Logout, at(0, 0), 0.0), vec![Action::Await(2)]);
         let after = finish(&mut l, Outcome::Token(tok("a", 0, 100)), at(0, 0));
         assert_eq!(after, vec![Action::Wake, Action::Start(Op::Logout)]);
-        let persist = l.on(Event::Finished(Outcome::LoggedOut), at(1, 1), 0.0);
+        let persist = l.on(
+            Event::Finished(Outcome::LoggedOut { unrevoked: None }),
+            at(1, 1),
+            0.0,
+        );
         assert!(
             matches!(&persist[..], [Action::Persist { token: None, health }] if health.logged_out)
         );
@@ -1119,7 +1126,7 @@ mod tests {
         assert_eq!(l.on(admin.clone(), at(0, 0), 0.0)[0], Action::Start(FORCED));
         finish(&mut l, Outcome::Token(tok("a", 0, 1000)), at(0, 0));
         l.on(Event::Logout, at(1, 1), 0.0);
-        finish(&mut l, Outcome::LoggedOut, at(1, 1));
+        finish(&mut l, Outcome::LoggedOut { unrevoked: None }, at(1, 1));
         // LOGOUT, REFRESH, LOGOUT, …: one login per cooldown.
         let a = l.on(admin.clone(), at(2, 2), 0.0);
         assert!(
@@ -1198,7 +1205,7 @@ mod tests {
         l.on(Event::Tick, at(0, 0), 0.0);
         finish(&mut l, failed(ErrorKind::Rejected), at(0, 0));
         l.on(Event::Logout, at(1, 1), 0.0);
-        finish(&mut l, Outcome::LoggedOut, at(1, 1));
+        finish(&mut l, Outcome::LoggedOut { unrevoked: None }, at(1, 1));
         assert_eq!(l.state(1), "logged_out");
         assert!(l.health().rejected());
         let a = l.on(Event::Refresh { admin: true }, at(2, 2), 0.0);
@@ -1395,7 +1402,7 @@ mod tests {
         assert!(!l.coming_before(999));
         l.on(Event::Tick, at(1, 1), 0.0);
         assert!(l.busy() && l.coming_before(0), "in flight");
-        finish(&mut l, Outcome::LoggedOut, at(1, 1));
+        finish(&mut l, Outcome::LoggedOut { unrevoked: None }, at(1, 1));
         assert!(!l.busy());
         assert!(!l.coming_before(u64::MAX), "logged out: nothing comes");
     }

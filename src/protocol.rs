@@ -362,6 +362,7 @@ mod tests {
             scope: None,
             obtained_at: 1_795_000_000,
             expires_at: 1_795_003_600,
+            refresh_refused: false,
         };
         let line = token("invoices", &t, "fresh", 1_795_000_001);
         // The exact bytes: field order is part of what clients have seen.
@@ -394,6 +395,7 @@ mod tests {
                 scope: None,
                 obtained_at: 1_795_000_000,
                 expires_at,
+                refresh_refused: false,
             })
         };
         let (a, b) = (t("a\"b\\c", 1_795_003_600), t("next", 1_795_007_200));

@@ -14,7 +14,8 @@
 //! attempt.
 
 use crate::clock::{self, Watch};
-use crate::config::{Access, ProviderSettings, Settings};
+
+use crate::config::{Access, ProviderSettings, RefreshMode, Settings};
 use crate::http::Http;
 use crate::lifecycle::{self, Action, Event, Lifecycle, Now, Op, Outcome, Timing};
 use crate::protocol::{self, ProviderStatus};
@@ -424,26 +425,17 @@ impl Scheduler {
         let now = now_unix();
         let mut skew = None;
         let mut outcome = match job.op {
-            Op::Logout => {
-                if let Some(t) = &job.token {
-                    match job
-                        .provider
-                        .logout(&job.http, &t.access, t.refresh.as_ref())
-                    {
-                        Ok(()) => log::info!("{name}: logged out"),
-                        Err(e) => log::warn!(
-                            "{name}: logout at the partner failed ({e}); forgetting the tokens anyway"
-                        ),
-                    }
-                } else {
-                    log::info!("{name}: logged out (no token was held)");
-                }
-                Outcome::LoggedOut
-            }
+            Op::Logout => Outcome::LoggedOut {
+                unrevoked: revoke(name, &job, now).err(),
+            },
             Op::Renew { .. } => {
                 let old_refresh = job.token.as_ref().and_then(|t| t.refresh.clone());
-                match obtain(name, &job, old_refresh.as_ref()) {
-                    Ok((grant, how)) => {
+                let refused_before = job.token.as_ref().is_some_and(|t| t.refresh_refused);
+                let renew_with = old_refresh
+                    .as_ref()
+                    .filter(|_| job.settings.refresh == RefreshMode::Auto && !refused_before);
+                match obtain(name, &job, renew_with) {
+                    Ok((grant, how, refused_now)) => {
                         let iat = crate::jwt::claims(grant.access.expose()).and_then(|c| c.iat);
                         skew = clock::partner_skew(now, grant.server_date, iat);
                         let (mut t, source) =
@@ -451,6 +443,14 @@ impl Scheduler {
                         if t.refresh.is_none() && how == "renewed" {
                             // RFC 6749 §6: no new refresh token means the old one stays valid.
                             t.refresh = old_refresh;
+                        }
+                        if refused_before || refused_now {
+                            // Remembered with the token (so across restarts):
+                            // the next renewals log in at once.
+                            t.refresh_refused = true;
+                            t.refresh = None;
+                        } else if job.settings.refresh == RefreshMode::Never {
+                            t.refresh = None;
                         }
                         log::info!(
                             "{name}: {how}; token valid for {}s (lifetime from {})",
@@ -1006,11 +1006,74 @@ impl Scheduler {
 /// Renew with the refresh token where the kind can; on a refusal fall back
 /// to a full login. A transient failure of the renewal is returned as is: a
 /// login would meet the same network.
+/// Revokes the job's tokens at the partner, where the kind can. An expired
+/// access token cannot authorise the call: it is renewed first with the
+/// refresh token (no login: that would make new tokens to revoke); with
+/// neither there is nothing to revoke. The error says why the partner may
+/// still hold a live token; the agent forgets its tokens either way.
+fn revoke(name: &str, job: &Job, now: i64) -> Result<(), String> {
+    let Some(held) = job.token.as_ref().filter(|_| job.provider.revokes()) else {
+        log::info!("{name}: logged out");
+        return Ok(());
+    };
+    let renewed;
+    let (access, refresh) = if held.is_valid(now) {
+        (&held.access, held.refresh.as_ref())
+    } else {
+        let Some(old_refresh) = &held.refresh else {
+            log::info!("{name}: logged out (the access token had expired; nothing to revoke)");
+            return Ok(());
+        };
+        match job
+            .provider
+            .renew(&job.http, old_refresh)
+            .map(|r| r.and_then(providers::checked))
+        {
+            Some(Ok(grant)) => {
+                renewed = grant;
+                (
+                    &renewed.access,
+                    renewed.refresh.as_ref().or(Some(old_refresh)),
+                )
+            }
+            Some(Err(e)) => {
+                let why = format!(
+                    "logout: renewing the expired access token to revoke it failed ({e}); \
+                     the refresh token may stay live at the partner"
+                );
+                log::warn!("{name}: {why}; forgetting the tokens anyway");
+                return Err(why);
+            }
+            None => {
+                log::info!("{name}: logged out (the access token had expired)");
+                return Ok(());
+            }
+        }
+    };
+    match job.provider.logout(&job.http, access, refresh) {
+        Ok(()) => {
+            log::info!("{name}: logged out and revoked at the partner");
+            Ok(())
+        }
+        Err(e) => {
+            let why = format!(
+                "logout: revocation at the partner failed ({e}); its tokens may stay live there"
+            );
+            log::warn!("{name}: {why}; forgetting the tokens anyway");
+            Err(why)
+        }
+    }
+}
+
+/// A renewal with `refresh` when given, else (or when the partner refuses
+/// it) a login. The third value says the partner refused the refresh grant
+/// itself: from then on the account logs in directly.
 fn obtain(
     name: &str,
     job: &Job,
     refresh: Option<&crate::secret::Secret>,
-) -> Result<(Grant, &'static str), ProviderError> {
+) -> Result<(Grant, &'static str, bool), ProviderError> {
+    let mut grant_refused = false;
     if let Some(refresh) = refresh {
         match job
             .provider
@@ -1018,15 +1081,22 @@ fn obtain(
             .map(|r| r.and_then(providers::checked))
         {
             None => {}
-            Some(Ok(grant)) => return Ok((grant, "renewed")),
+            Some(Ok(grant)) => return Ok((grant, "renewed", false)),
             Some(Err(e)) if e.kind == ErrorKind::Transient => return Err(e),
+            Some(Err(e)) if e.grant_refused => {
+                log::warn!(
+                    "{name}: the partner refuses the refresh grant ({e}); \
+                     renewals log in directly from now on"
+                );
+                grant_refused = true;
+            }
             Some(Err(e)) => log::info!("{name}: renewal refused ({e}); logging in again"),
         }
     }
     job.provider
         .login(&job.http)
         .and_then(providers::checked)
-        .map(|g| (g, "logged in"))
+        .map(|g| (g, "logged in", grant_refused))
 }
 
 /// What a store error is about, for logging each cause once: an I/O error

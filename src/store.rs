@@ -951,6 +951,7 @@ mod tests {
                 scope: Some("read".into()),
                 obtained_at: 10,
                 expires_at: 20,
+                refresh_refused: false,
             }),
             health: Health {
                 last_refresh: Some(10),

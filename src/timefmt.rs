@@ -164,9 +164,25 @@ impl Cur<'_> {
 
 /// Reads a timestamp of unknown form, as Carrental's `expires` may be:
 /// RFC 3339 / ISO 8601 (`T` or space, optional fraction, `Z`, `±HH:MM`,
-/// `±HHMM`, or no offset = UTC), an HTTP date, or epoch seconds or
+/// `±HHMM`, or no offset = read as UTC), an HTTP date, or epoch seconds or
 /// milliseconds as digits.
 pub fn parse_timestamp(s: &str) -> Option<i64> {
+    parse_stamp(s).map(|s| s.at)
+}
+
+/// A timestamp and whether its text fixed the time zone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    /// Unix seconds; a time without a zone is read as UTC.
+    pub at: i64,
+    /// `false` for an ISO time without `Z` or offset: written in the
+    /// writer's zone, which we do not know, so `at` may be hours off.
+    pub zoned: bool,
+}
+
+/// [`parse_timestamp`], saying whether the zone was given: epoch digits and
+/// HTTP dates (GMT by definition) always fix it.
+pub fn parse_stamp(s: &str) -> Option<Stamp> {
     let s = s.trim();
     if s.is_empty() {
         return None;
@@ -174,16 +190,17 @@ pub fn parse_timestamp(s: &str) -> Option<i64> {
     if s.bytes().all(|c| c.is_ascii_digit()) {
         let v: i64 = s.parse().ok()?;
         // 13+ digits, or beyond year 5138 in seconds: milliseconds.
-        return Some(if s.len() >= 13 || v > 100_000_000_000 {
+        let at = if s.len() >= 13 || v > 100_000_000_000 {
             v / 1000
         } else {
             v
-        });
+        };
+        return Some(Stamp { at, zoned: true });
     }
-    parse_iso(s).or_else(|| parse_http_date(s))
+    parse_iso(s).or_else(|| parse_http_date(s).map(|at| Stamp { at, zoned: true }))
 }
 
-fn parse_iso(s: &str) -> Option<i64> {
+fn parse_iso(s: &str) -> Option<Stamp> {
     let mut c = Cur {
         b: s.as_bytes(),
         i: 0,
@@ -211,6 +228,7 @@ fn parse_iso(s: &str) -> Option<i64> {
             return None;
         }
     }
+    let zoned = c.peek().is_some();
     let offset: i64 = match c.peek() {
         None => 0,
         Some(b'Z') | Some(b'z') => {
@@ -237,7 +255,10 @@ fn parse_iso(s: &str) -> Option<i64> {
     if !c.done() {
         return None;
     }
-    Some(to_unix(i64::from(y), mo, d, h, mi, sec)? - offset)
+    Some(Stamp {
+        at: to_unix(i64::from(y), mo, d, h, mi, sec)? - offset,
+        zoned,
+    })
 }
 
 fn month_index(name: &str) -> Option<u32> {
@@ -301,7 +322,8 @@ pub fn parse_http_date(s: &str) -> Option<i64> {
     }
 }
 
-/// A config duration: `"250ms"`, `"90s"`, `"5m"`, `"1h"`, `"2d"`, `"1h30m"`.
+/// A config duration: `"250ms"`, `"90s"`, `"5m"`, `"1h"`, `"2d"`, `"1h30m"`;
+/// also written out, as people do: `"5 minutes"`, `"1 hour 30 min"`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let bad = || format!("expected a duration like \"90s\", \"5m\" or \"1h\", got {s:?}");
     let t = s.trim();
@@ -316,23 +338,27 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             return Err(bad());
         }
         let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
-        rest = &rest[digits..];
+        rest = rest[digits..].trim_start();
         let unit = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
         if unit == 0 {
             return Err(format!(
                 "{s:?} has no unit; write e.g. \"{n}s\" or \"{n}m\""
             ));
         }
-        let part = match &rest[..unit] {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n.checked_mul(60).ok_or_else(bad)?),
-            "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(bad)?),
-            "d" => Duration::from_secs(n.checked_mul(86_400).ok_or_else(bad)?),
+        let part = match rest[..unit].to_ascii_lowercase().as_str() {
+            "ms" | "millisecond" | "milliseconds" => Duration::from_millis(n),
+            "s" | "sec" | "secs" | "second" | "seconds" => Duration::from_secs(n),
+            "m" | "min" | "mins" | "minute" | "minutes" => {
+                Duration::from_secs(n.checked_mul(60).ok_or_else(bad)?)
+            }
+            "h" | "hr" | "hrs" | "hour" | "hours" => {
+                Duration::from_secs(n.checked_mul(3600).ok_or_else(bad)?)
+            }
+            "d" | "day" | "days" => Duration::from_secs(n.checked_mul(86_400).ok_or_else(bad)?),
             _ => return Err(bad()),
         };
         total = total.checked_add(part).ok_or_else(bad)?;
-        rest = &rest[unit..];
+        rest = rest[unit..].trim_start();
     }
     Ok(total)
 }
@@ -421,6 +447,22 @@ mod tests {
     }
 
     #[test]
+    fn says_whether_the_zone_was_given() {
+        for (s, zoned) in [
+            ("2026-11-18T09:46:40Z", true),
+            ("2026-11-18T11:46:40+02:00", true),
+            ("2026-11-18T09:46:40", false),
+            ("2026-11-18 09:46:40.123", false),
+            ("Wed, 18 Nov 2026 09:46:40 GMT", true),
+            ("1794995200", true),
+        ] {
+            let stamp = parse_stamp(s).unwrap();
+            assert_eq!(stamp.zoned, zoned, "{s}");
+            assert_eq!(stamp.at, 1_794_995_200, "{s}");
+        }
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
@@ -428,16 +470,17 @@ mod tests {
         assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172_800)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        // As people write them.
+        assert_eq!(parse_duration("5 minutes"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("5 m"), Ok(Duration::from_secs(300)));
+        assert_eq!(
+            parse_duration("1 hour 30 min"),
+            Ok(Duration::from_secs(5400))
+        );
+        assert_eq!(parse_duration("90 Seconds"), Ok(Duration::from_secs(90)));
+        assert!(parse_duration("5 fortnights").is_err());
         assert!(parse_duration("90").unwrap_err().contains("no unit"));
-        for bad in [
-            "",
-            "abc",
-            "5 m",
-            "-5s",
-            "5w",
-            "99999999999999999999d",
-            "1.5h",
-        ] {
+        for bad in ["", "abc", "-5s", "5w", "99999999999999999999d", "1.5h"] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
     }

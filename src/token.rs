@@ -19,6 +19,12 @@ pub struct Token {
     pub obtained_at: i64,
     /// Unix seconds, local wall clock.
     pub expires_at: i64,
+    /// The partner refused the refresh grant (`unsupported_grant_type`,
+    /// `unauthorized_client`): renewals log in directly, and a refresh
+    /// token it still hands out is not kept. Carried from token to token of
+    /// the account, persisted with it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub refresh_refused: bool,
 }
 
 /// Where a token's lifetime came from, for the log line.
@@ -44,7 +50,7 @@ impl LifetimeSource {
 // A lifetime from the partner longer than this is not believed (a partner
 // sending milliseconds where seconds are meant, say): the next source in
 // the order is used instead. A year is already generous.
-const MAX_LIFETIME: i64 = 366 * 24 * 3600;
+pub const MAX_LIFETIME: i64 = 366 * 24 * 3600;
 
 impl Token {
     /// Turns a grant into a token obtained at `now`. The lifetime comes from
@@ -86,6 +92,7 @@ impl Token {
             scope: grant.scope,
             obtained_at: now,
             expires_at: now.saturating_add(lifetime),
+            refresh_refused: false,
         };
         (token, source)
     }
@@ -187,6 +194,7 @@ mod tests {
             scope: None,
             obtained_at: obtained,
             expires_at: obtained + lifetime,
+            refresh_refused: false,
         }
     }
 

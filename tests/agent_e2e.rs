@@ -2,7 +2,7 @@
 //! restart from the store.
 
 use crate::util::*;
-use standins::{Kind, Mode};
+use standins::{Format, Kind, Mode};
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
@@ -106,6 +106,14 @@ fn oversized_line_gets_bad_request_and_close() {
 fn short_lifetime_tokens_are_renewed_before_expiry() {
     let dir = TempDir::new("renew");
     let partners = standin_with_lifetime(Duration::from_secs(4));
+    // A partner that takes Autovit's undocumented refresh grant.
+    partners.set_format(
+        Kind::Autovit,
+        Format {
+            refresh_grant: true,
+            ..Format::of(Kind::Autovit)
+        },
+    );
     write_config(&dir, &config_text(&dir, "", &partners.providers_toml()));
     let agent = Agent::start(&dir);
     for name in ["makeleaps", "autovit", "autoleap", "carrental"] {

@@ -192,6 +192,80 @@ fn unreachable_agent_exits_69() {
         .unwrap();
     assert_eq!(exit_code(&out), 69);
     assert!(stderr(&out).contains("not reachable"));
+    // A script asking for JSON reads the failure on stdout.
+    let out = bin()
+        .args(["token", "x", "--json", "--socket"])
+        .arg(dir.join("nothing.sock"))
+        .output()
+        .unwrap();
+    assert_eq!(exit_code(&out), 69);
+    let v: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(v["error"], "unreachable", "{v}");
+    // A missing name: one line that says so, not the whole usage.
+    let out = bin().arg("token").output().unwrap();
+    assert_eq!(exit_code(&out), 64);
+    let err = stderr(&out);
+    assert!(err.contains("token needs a provider NAME"), "{err}");
+    assert!(!err.contains("Usage:") && err.lines().count() <= 2, "{err}");
+}
+
+#[test]
+fn invalidate_from_the_command_line_gives_the_next_token() {
+    let dir = TempDir::new("cliinv");
+    let partners = standin();
+    let providers = format!("{NO_COOLDOWN}\n{}", partners.providers_toml());
+    write_config(&dir, &config_text(&dir, "", &providers));
+    let agent = Agent::start(&dir);
+    let first = agent.wait_token("makeleaps")["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let out = agent.cli(&["invalidate", "makeleaps", &first]);
+    assert_eq!(exit_code(&out), 0, "{}", stderr(&out));
+    let next = stdout(&out).trim().to_owned();
+    assert!(!next.is_empty() && next != first);
+    assert!(partners.is_live(&next));
+    // Naming a token already replaced: the current one, no new request.
+    let before = partners.count(standins::Kind::MakeLeaps);
+    let out = agent.cli(&["invalidate", "makeleaps", &first, "--json"]);
+    assert_eq!(exit_code(&out), 0);
+    assert!(stdout(&out).contains(&next));
+    assert_eq!(partners.count(standins::Kind::MakeLeaps), before);
+}
+
+#[test]
+fn check_config_outside_the_service_defers_systemd_credentials() {
+    let dir = TempDir::new("credcheck");
+    let partners = standin();
+    let providers = partners.providers_toml().replace(
+        &format!(
+            "client_secret = {:?}\npersist = true",
+            standins::creds::MAKELEAPS_CLIENT_SECRET
+        ),
+        "client_secret = { credential = \"makeleaps-secret\" }\npersist = true",
+    );
+    assert!(providers.contains("makeleaps-secret"));
+    write_config(&dir, &config_text(&dir, "", &providers));
+    let out = bin()
+        .args(["check-config", "--config"])
+        .arg(dir.join("config.toml"))
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .output()
+        .unwrap();
+    assert_eq!(exit_code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("credential makeleaps-secret: resolved by systemd at start"),
+        "{}",
+        stdout(&out)
+    );
+    // `run` needs it for real.
+    let out = bin()
+        .args(["run", "--config"])
+        .arg(dir.join("config.toml"))
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .output()
+        .unwrap();
+    assert_eq!(exit_code(&out), 78);
 }
 
 #[test]

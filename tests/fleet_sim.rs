@@ -144,6 +144,7 @@ fn fleet_renewals_of_tokens_obtained_together_spread() {
         scope: None,
         obtained_at: 0,
         expires_at: 3600,
+        refresh_refused: false,
     };
     let mut per_second = vec![0usize; 3600];
     for d in draws.iter_mut() {

@@ -261,7 +261,7 @@ impl Sim {
             self.adopt_store();
         }
         let outcome = match (a.op, a.partner) {
-            (Op::Logout, _) => Outcome::LoggedOut,
+            (Op::Logout, _) => Outcome::LoggedOut { unrevoked: None },
             (_, Partner::Up) => Outcome::Token(self.issue()),
             (_, Partner::LoseAnswer) => {
                 self.issue();
@@ -331,6 +331,7 @@ impl Sim {
             scope: None,
             obtained_at: now.wall,
             expires_at: now.wall + self.lifetime_s,
+            refresh_refused: false,
         }
     }
 

@@ -52,8 +52,7 @@ fn parse(resp: &Response, url: &str, secrets: &[&str]) -> Result<Grant, Provider
         // Through partner_message like every other partner's words: the
         // secrets the request carried scrubbed, control characters blanked
         // (a raw quote of `message` was found by fuzzing).
-        let said =
-            super::partner_message(&resp.body, secrets).unwrap_or_else(|| "no message".into());
+        let said = super::partner_message(resp, secrets).unwrap_or_else(|| "no message".into());
         return Err(ProviderError::rejected(format!(
             "{} answered success=false: {said}",
             crate::http::strip_query(url)
@@ -99,6 +98,10 @@ impl Provider for AutoLeap {
         )
     }
 
+    fn revokes(&self) -> bool {
+        true
+    }
+
     fn logout(
         &self,
         http: &Http,
@@ -106,7 +109,12 @@ impl Provider for AutoLeap {
         refresh: Option<&Secret>,
     ) -> Result<(), ProviderError> {
         let url = self.url("partners/logout");
-        let body = json!({"refreshToken": refresh.map(Secret::expose).unwrap_or("")});
+        // The document's body names the refresh token; without one, only
+        // the Bearer token is revoked (never `"refreshToken":""`).
+        let body = match refresh {
+            Some(r) => json!({"refreshToken": r.expose()}),
+            None => json!({}),
+        };
         let resp = http.post_json(&url, Some(access.expose()), &body)?;
         let refresh = refresh.map(Secret::expose).unwrap_or("");
         check_status(&resp, &url, &scrub_list(self, &[access.expose(), refresh]))

@@ -109,6 +109,10 @@ pub struct ProviderError {
     pub message: String,
     /// From a `Retry-After` header, when the partner sent one.
     pub retry_after: Option<Duration>,
+    /// The partner refused the grant type itself (RFC 6749 §5.2
+    /// `unsupported_grant_type` or `unauthorized_client`), not the
+    /// credentials or the token in it.
+    pub grant_refused: bool,
 }
 
 impl ProviderError {
@@ -117,6 +121,7 @@ impl ProviderError {
             kind,
             message: message.into(),
             retry_after: None,
+            grant_refused: false,
         }
     }
     pub fn transient(message: impl Into<String>) -> ProviderError {
@@ -159,8 +164,14 @@ pub trait Provider: Send + Sync + fmt::Debug + DynEq {
         None
     }
 
+    /// Whether [`Provider::logout`] revokes anything at the partner.
+    fn revokes(&self) -> bool {
+        false
+    }
+
     /// Revoke the tokens at the partner where the kind supports it.
-    /// Kinds without a revoke endpoint do nothing and succeed.
+    /// Kinds without a revoke endpoint do nothing and succeed. Called with
+    /// a valid access token (the executor renews an expired one first).
     fn logout(
         &self,
         _http: &Http,
@@ -289,7 +300,7 @@ pub fn check_status(resp: &Response, url: &str, secrets: &[&str]) -> Result<(), 
         return Ok(());
     }
     let mut message = format!("HTTP {status} from {}", strip_query(url));
-    if let Some(said) = partner_message(&resp.body, secrets) {
+    if let Some(said) = partner_message(resp, secrets) {
         message.push_str(": ");
         message.push_str(&said);
     }
@@ -299,20 +310,61 @@ pub fn check_status(resp: &Response, url: &str, secrets: &[&str]) -> Result<(), 
         // 1xx/3xx: a redirect or something stranger; retry later.
         _ => ErrorKind::Transient,
     };
+    let error_code = serde_json::from_slice::<Value>(&resp.body)
+        .ok()
+        .and_then(|v| Some(v.get("error")?.as_str()?.to_owned()));
     Err(ProviderError {
         kind,
         message,
         retry_after: resp.retry_after,
+        grant_refused: status == 400
+            && matches!(
+                error_code.as_deref(),
+                Some("unsupported_grant_type" | "unauthorized_client")
+            ),
     })
 }
 
-/// The partner's own error fields, if the body is a JSON object: RFC 6749's
-/// `error`/`error_description`, Autovit's `error_human_*`, AutoLeap's
-/// `message`. Never the raw body; at most 200 characters.
-fn partner_message(body: &[u8], secrets: &[&str]) -> Option<String> {
-    let v: Value = serde_json::from_slice(body).ok()?;
-    let obj = v.as_object()?;
-    let parts: Vec<String> = [
+/// The partner's own words: its error fields if the body is a JSON object
+/// (RFC 6749's `error`/`error_description`, Autovit's `error_human_*`,
+/// AutoLeap's `message`), or a `text/plain` body (Carrental's "No user
+/// found with username", which tells a wrong user from a wrong URL). Never
+/// another body (an HTML page, a stack trace); scrubbed of `secrets`, control
+/// characters blanked, at most 200 characters.
+fn partner_message(resp: &Response, secrets: &[&str]) -> Option<String> {
+    let parts = match serde_json::from_slice::<Value>(&resp.body) {
+        Ok(v) => json_parts(v.as_object()?, secrets),
+        Err(_) => {
+            let plain = resp
+                .content_type
+                .as_deref()
+                .is_some_and(|ct| ct.trim().to_ascii_lowercase().starts_with("text/plain"));
+            if !plain {
+                return None;
+            }
+            let text = String::from_utf8_lossy(&resp.body);
+            let said = crate::secret::scrub(&text, secrets);
+            vec![said.split_whitespace().collect::<Vec<_>>().join(" ")]
+        }
+    };
+    let parts: Vec<String> = parts.into_iter().filter(|s| !s.is_empty()).collect();
+    if parts.is_empty() {
+        return None;
+    }
+    let mut text: String = parts
+        .join(" — ")
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if text.chars().count() > 200 {
+        text = text.chars().take(199).collect::<String>() + "…";
+    }
+    Some(text)
+}
+
+/// The error fields of a JSON error body, each scrubbed and trimmed.
+fn json_parts(obj: &Map<String, Value>, secrets: &[&str]) -> Vec<String> {
+    [
         "error",
         "error_description",
         "error_human_title",
@@ -326,20 +378,7 @@ fn partner_message(body: &[u8], secrets: &[&str]) -> Option<String> {
     // from a Windows-saved secret file) from the match (found by fuzzing).
     .map(|part| crate::secret::scrub(part, secrets))
     .map(|part| part.trim().to_owned())
-    .filter(|s| !s.is_empty())
-    .collect();
-    if parts.is_empty() {
-        return None;
-    }
-    let mut text: String = parts
-        .join(" — ")
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    if text.chars().count() > 200 {
-        text = text.chars().take(199).collect::<String>() + "…";
-    }
-    Some(text)
+    .collect()
 }
 
 /// The body as a JSON object, or a BadResponse saying what arrived instead
@@ -516,6 +555,20 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.message, "HTTP 500 from https://x/t");
+        // A plain-text one is, scrubbed, on one line, cut short.
+        let mut plain = resp(
+            404,
+            &format!("No user found\r\nwith password hunter2 {}", "x".repeat(400)),
+        );
+        plain.content_type = Some("text/plain; charset=utf-8".into());
+        let e = check_status(&plain, "https://x/t", &["hunter2"]).unwrap_err();
+        assert!(
+            e.message
+                .starts_with("HTTP 404 from https://x/t: No user found with password *** x"),
+            "{}",
+            e.message
+        );
+        assert!(e.message.chars().count() < 260);
     }
 
     #[test]

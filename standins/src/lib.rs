@@ -102,6 +102,34 @@ pub enum Mode {
     Echo,
 }
 
+/// How a kind writes its answers, beyond what its document fixes: the forms
+/// a real partner plausibly takes that the defaults do not show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Format {
+    /// Opaque tokens (hex) where the kind's examples show JWTs (AutoLeap,
+    /// Carrental): the agent then has no `exp` to read.
+    pub opaque: bool,
+    /// Carrental's `issued` and `expires` in this UTC offset (seconds east)
+    /// without saying so, as a server on local time writes them; `None`:
+    /// with `+00:00`, as the document's sample.
+    pub local_offset: Option<i64>,
+    /// Whether `grant_type=refresh_token` is taken. Autovit's document
+    /// lists only `password` and `partner`, so its stand-in refuses it
+    /// (`unsupported_grant_type`) unless told otherwise.
+    pub refresh_grant: bool,
+}
+
+impl Format {
+    /// The defaults for `kind`.
+    pub fn of(kind: Kind) -> Format {
+        Format {
+            opaque: false,
+            local_offset: None,
+            refresh_grant: kind != Kind::Autovit,
+        }
+    }
+}
+
 pub struct StandinOptions {
     pub lifetime: Duration,
     pub tls: Option<Arc<rustls::ServerConfig>>,
@@ -143,6 +171,7 @@ const SECRET_FIELDS: [&str; 7] = [
 #[derive(Default)]
 struct State {
     modes: HashMap<Kind, Mode>,
+    formats: HashMap<Kind, Format>,
     lifetime: Duration,
     records: VecDeque<RequestRecord>,
     counts: HashMap<Kind, usize>,
@@ -219,6 +248,10 @@ impl Standin {
 
     pub fn set_mode(&self, kind: Kind, mode: Mode) {
         self.inner.lock().modes.insert(kind, mode);
+    }
+
+    pub fn set_format(&self, kind: Kind, format: Format) {
+        self.inner.lock().formats.insert(kind, format);
     }
 
     pub fn set_lifetime(&self, lifetime: Duration) {
@@ -790,6 +823,7 @@ fn issue(
     let mut st = inner.lock();
     let now = now_unix();
     let lifetime = st.lifetime.as_secs().max(1);
+    let jwt_token = jwt_token && !st.format(kind).opaque;
     let access = if jwt_token {
         jwt::encode_unsigned(&json!({
             "iat": now, "exp": now + lifetime as i64, "sub": kind.as_str(), "jti": rand::hex(16)
@@ -820,6 +854,12 @@ fn take_refresh(inner: &Inner, kind: Kind, token: &str) -> bool {
     }
 }
 
+impl State {
+    fn format(&self, kind: Kind) -> Format {
+        self.formats.get(&kind).copied().unwrap_or(Format::of(kind))
+    }
+}
+
 fn vendor(
     inner: &Inner,
     kind: Kind,
@@ -832,7 +872,7 @@ fn vendor(
         Kind::AutoLeap => autoleap(inner, action, req, f, reject),
         Kind::MakeLeaps => makeleaps(inner, req, f, reject),
         Kind::Autovit => autovit(inner, req, f, reject),
-        Kind::Carrental => carrental(inner, f, reject),
+        Kind::Carrental => carrental(inner, req, f, reject),
         Kind::OAuth2 => oauth2(inner, req, f, reject),
     }
 }
@@ -887,7 +927,9 @@ fn autoleap(
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .unwrap_or("");
             let mut st = inner.lock();
-            if reject || !st.access.contains_key(bearer) {
+            // An access token past its exp is refused, as a JWT check does.
+            let live = st.access.get(bearer).is_some_and(|&exp| exp > now_unix());
+            if reject || !live {
                 return refused("Unauthorized");
             }
             st.access.remove(bearer);
@@ -946,6 +988,14 @@ fn autovit_error(status: u16, error: &str, description: &str) -> Answer {
 }
 
 fn autovit(inner: &Inner, req: &Request, f: &Map<String, Value>, reject: bool) -> Answer {
+    // Both of the document's examples send a form.
+    if !req
+        .header("content-type")
+        .unwrap_or("")
+        .starts_with("application/x-www-form-urlencoded")
+    {
+        return autovit_error(400, "invalid_request", "Form body expected");
+    }
     // Client id and secret by HTTP Basic (the curl example) or in the body
     // (the raw example); either is accepted, as the vendor's examples differ.
     let client = basic(req).or_else(|| {
@@ -977,7 +1027,7 @@ fn autovit(inner: &Inner, req: &Request, f: &Map<String, Value>, reject: bool) -
             str_field(f, "partner_code") == Some(creds::AUTOVIT_PARTNER_CODE)
                 && str_field(f, "partner_secret") == Some(creds::AUTOVIT_PARTNER_SECRET)
         }
-        Some("refresh_token") => {
+        Some("refresh_token") if inner.lock().format(Kind::Autovit).refresh_grant => {
             str_field(f, "refresh_token").is_some_and(|r| take_refresh(inner, Kind::Autovit, r))
         }
         _ => {
@@ -998,7 +1048,15 @@ fn autovit(inner: &Inner, req: &Request, f: &Map<String, Value>, reject: bool) -
     oauth_answer(inner, Kind::Autovit, true, "bearer", "adverts-write read")
 }
 
-fn carrental(inner: &Inner, f: &Map<String, Value>, reject: bool) -> Answer {
+fn carrental(inner: &Inner, req: &Request, f: &Map<String, Value>, reject: bool) -> Answer {
+    // The document's request is JSON (`Content-Type: application/json`).
+    if !req
+        .header("content-type")
+        .unwrap_or("")
+        .starts_with("application/json")
+    {
+        return Answer::text(415, "Unsupported Media Type");
+    }
     let (Some(user), Some(password)) = (str_field(f, "userName"), str_field(f, "password")) else {
         return Answer::text(400, "");
     };
@@ -1010,11 +1068,15 @@ fn carrental(inner: &Inner, f: &Map<String, Value>, reject: bool) -> Answer {
     }
     let (token, _, lifetime) = issue(inner, Kind::Carrental, true, false);
     let now = now_unix();
+    let time = |t: i64| match inner.lock().format(Kind::Carrental).local_offset {
+        Some(offset) => format_rfc3339(t + offset).replace('Z', ".000"),
+        None => format_rfc3339(t).replace('Z', ".000+00:00"),
+    };
     // All strings, as the document's example shows.
     Answer::json(
         200,
         json!({"type": "Bearer", "token": token, "expiresIn": lifetime.to_string(),
-               "issued": format_rfc3339(now), "expires": format_rfc3339(now + lifetime as i64)}),
+               "issued": time(now), "expires": time(now + lifetime as i64)}),
     )
 }
 
@@ -1196,6 +1258,19 @@ mod tests {
             "client_id=123&client_secret={}&grant_type=refresh_token&refresh_token={refresh}",
             creds::AUTOVIT_CLIENT_SECRET
         );
+        // The refresh grant is not in Autovit's document: refused unless
+        // the format says otherwise; a JSON body is refused too.
+        let (st, b) = post(&s, "/api/open/oauth/token", &[FORM], &rb);
+        assert_eq!(st, 400);
+        assert!(b.contains("unsupported_grant_type"), "{b}");
+        assert_eq!(post(&s, "/api/open/oauth/token", &[JSON], "{}").0, 400);
+        s.set_format(
+            Kind::Autovit,
+            Format {
+                refresh_grant: true,
+                ..Format::of(Kind::Autovit)
+            },
+        );
         assert_eq!(post(&s, "/api/open/oauth/token", &[FORM], &rb).0, 200);
         let (st, b) = post(&s, "/api/open/oauth/token", &[FORM], &rb);
         assert_eq!(st, 400);
@@ -1270,7 +1345,32 @@ mod tests {
         assert_eq!(st, 200);
         let v: Value = serde_json::from_str(&b).unwrap();
         assert_eq!(v["expiresIn"], "3600");
-        assert!(v["expires"].as_str().unwrap().ends_with('Z'));
+        assert!(v["expires"].as_str().unwrap().ends_with(".000+00:00"));
+        assert!(jwt::claims(v["token"].as_str().unwrap()).is_some());
+        // A form body is refused; a server on local time and opaque tokens.
+        let form = format!(
+            "userName={}&password={}",
+            creds::CARRENTAL_USERNAME,
+            creds::CARRENTAL_PASSWORD
+        );
+        assert_eq!(post(&s, "/authtoken", &[FORM], &form).0, 415);
+        s.set_format(
+            Kind::Carrental,
+            Format {
+                opaque: true,
+                local_offset: Some(7200),
+                ..Format::of(Kind::Carrental)
+            },
+        );
+        let (_, b) = post(&s, "/authtoken", &[JSON], &body);
+        let v: Value = serde_json::from_str(&b).unwrap();
+        let expires = v["expires"].as_str().unwrap();
+        assert!(
+            expires.ends_with(".000") && !expires.contains('+'),
+            "{expires}"
+        );
+        assert!(jwt::claims(v["token"].as_str().unwrap()).is_none());
+        s.set_format(Kind::Carrental, Format::of(Kind::Carrental));
         assert_eq!(
             post(
                 &s,
