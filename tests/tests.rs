@@ -11,6 +11,7 @@ mod clients_e2e;
 mod clock_e2e;
 mod crash_e2e;
 mod disk_e2e;
+mod examples_e2e;
 mod faults_e2e;
 mod fleet_sim;
 mod lifecycle_sim;
