@@ -35,8 +35,9 @@ Commands:
   run                  run the agent in the foreground (what systemd starts)
   dev                  run the agent on an embedded default with stand-in partners
   token NAME [--json]  print the current access token of provider NAME
-  invalidate NAME [TOKEN] [--json]
-                       the partner refused TOKEN (401): print a new one
+  invalidate NAME [-] [--json]
+                       the partner refused the token (401): print the next one;
+                       with -, the refused token is read from stdin
   status [--json]      show every provider's state
   refresh NAME|--all   renew now
   logout NAME          revoke where the partner supports it, forget the tokens
@@ -123,9 +124,14 @@ pub fn main(program: &str, args: impl IntoIterator<Item = OsString>) -> i32 {
         ["check-config"] => check_config(&args),
         ["token", name] => token(&args, name, &format!("TOKEN {name}")),
         ["invalidate", name] => token(&args, name, &format!("INVALIDATE {name}")),
-        ["invalidate", name, refused] => {
-            token(&args, name, &format!("INVALIDATE {name} {refused}"))
-        }
+        ["invalidate", name, "-"] => match refused_from_stdin() {
+            Ok(refused) => token(&args, name, &format!("INVALIDATE {name} {refused}")),
+            Err(message) => usage_error(&message),
+        },
+        ["invalidate", _, _] => usage_error(
+            "invalidate takes the refused token on stdin, with -: \
+             a token in the arguments is visible to every local user",
+        ),
         ["status"] => status(&args),
         ["refresh"] if args.all => refresh_all(&args),
         ["refresh", name] if !args.all => refresh(&args, name),
@@ -287,6 +293,21 @@ fn one_request(args: &Args, request: &str) -> Result<Value, i32> {
     } else {
         Err(answer_failure(&answer))
     }
+}
+
+/// The refused token, one line on stdin.
+fn refused_from_stdin() -> Result<String, String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::io::stdin()
+        .take(crate::protocol::line_limit(b"INVALIDATE ") as u64)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("reading the token from stdin: {e}"))?;
+    let token = text.trim();
+    if token.is_empty() || token.contains(char::is_whitespace) {
+        return Err("stdin holds no token (one line expected)".to_owned());
+    }
+    Ok(token.to_owned())
 }
 
 /// `token`, and `invalidate` (whose answer is the same: the token to use).

@@ -220,14 +220,32 @@ fn invalidate_from_the_command_line_gives_the_next_token() {
         .as_str()
         .unwrap()
         .to_owned();
+    let invalidate = |token: &str, json: bool| {
+        use std::io::Write;
+        let mut cmd = bin();
+        cmd.args(["invalidate", "makeleaps", "-"])
+            .env("SHOP_AUTH_AGENT_SOCKET", &agent.socket)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if json {
+            cmd.arg("--json");
+        }
+        let mut child = cmd.spawn().unwrap();
+        writeln!(child.stdin.take().unwrap(), "{token}").unwrap();
+        child.wait_with_output().unwrap()
+    };
+    // Never in the arguments, which every local user can read.
     let out = agent.cli(&["invalidate", "makeleaps", &first]);
+    assert_eq!(exit_code(&out), 64);
+    let out = invalidate(&first, false);
     assert_eq!(exit_code(&out), 0, "{}", stderr(&out));
     let next = stdout(&out).trim().to_owned();
     assert!(!next.is_empty() && next != first);
     assert!(partners.is_live(&next));
     // Naming a token already replaced: the current one, no new request.
     let before = partners.count(standins::Kind::MakeLeaps);
-    let out = agent.cli(&["invalidate", "makeleaps", &first, "--json"]);
+    let out = invalidate(&first, true);
     assert_eq!(exit_code(&out), 0);
     assert!(stdout(&out).contains(&next));
     assert_eq!(partners.count(standins::Kind::MakeLeaps), before);

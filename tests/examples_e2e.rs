@@ -234,7 +234,7 @@ fn run_example(
 
 #[test]
 fn example_shell() {
-    run_example("shell", &["sh", "curl", "socat"], |_| {
+    run_example("shell", &["sh", "curl"], |_| {
         let mut c = Command::new("sh");
         c.arg(clients().join("client.sh"));
         // The agent's own CLI, as `shop-auth-agent` on PATH.

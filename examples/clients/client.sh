@@ -1,18 +1,18 @@
 #!/bin/sh
 # A POS's loop with shop-auth-agent: TOKEN, call the API, INVALIDATE on 401.
-# Usage: client.sh PROVIDER URL   (prints the API's answer; needs curl, socat)
-# TOKEN through the agent's CLI; INVALIDATE (which the CLI has no command for)
-# through socat. Each request is its own connection: nothing to reopen when
-# the agent closes idle ones. The token goes to curl on stdin, not in its
-# arguments, which any local user can read in /proc.
+# Usage: client.sh PROVIDER URL   (prints the API's answer; needs curl)
+# TOKEN and INVALIDATE through the agent's own CLI. Each request is its own
+# connection: nothing to reopen when the agent closes idle ones. The token
+# goes to curl on stdin, not in its arguments, which any local user can
+# read in /proc.
 set -u
 name=$1 url=$2
 sock=${SHOP_AUTH_AGENT_SOCKET:-/run/shop-auth-agent/agent.sock}
 body=$(mktemp) || exit
 trap 'rm -f "$body"' EXIT
+# Exit 75: no token now, try later; 77 or 78: a person must act.
+token=$(shop-auth-agent --socket "$sock" token "$name") || exit
 for attempt in 1 2; do
-  # Exit 75: no token now, try later; 77 or 78: a person must act.
-  token=$(shop-auth-agent --socket "$sock" token "$name") || exit
   code=$(printf 'Authorization: Bearer %s\n' "$token" |
     curl -sS -H @- -o "$body" -w '%{http_code}' "$url") || exit
   if [ "$code" != 401 ]; then
@@ -20,7 +20,8 @@ for attempt in 1 2; do
     case $code in 2??) exit 0 ;; *) echo "client.sh: HTTP $code from $url" >&2; exit 1 ;; esac
   fi
   [ "$attempt" = 2 ] && break
-  printf 'INVALIDATE %s %s\n' "$name" "$token" | socat - "UNIX-CONNECT:$sock" >/dev/null || exit
+  # The token the partner refused: the answer is the one to use now.
+  token=$(printf '%s\n' "$token" | shop-auth-agent --socket "$sock" invalidate "$name" -) || exit
 done
 echo "client.sh: $url refused a new token too" >&2
 exit 1
