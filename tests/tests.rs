@@ -14,5 +14,6 @@ mod disk_e2e;
 mod faults_e2e;
 mod fleet_sim;
 mod lifecycle_sim;
+mod metrics_e2e;
 mod powercut_e2e;
 mod store_e2e;
