@@ -3,10 +3,10 @@
 //! tells systemd what happens.
 
 use crate::config::{ConfigError, Settings};
-use crate::notify;
 use crate::scheduler::Scheduler;
 use crate::server::{self, Server};
 use crate::store::Store;
+use crate::{metrics, notify};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use std::fmt;
@@ -79,6 +79,10 @@ impl Agent {
         scheduler
             .spawn()
             .map_err(|e| StartError::Io(format!("starting the refresh thread: {e}")))?;
+        if let Some(path) = &settings.agent.metrics_file {
+            metrics::spawn(Arc::clone(&scheduler), path.clone())
+                .map_err(|e| StartError::Io(format!("starting the metrics thread: {e}")))?;
+        }
         let server = Server::start(listener, &settings.agent.socket, Arc::clone(&scheduler))
             .map_err(|e| StartError::Io(format!("starting the socket thread: {e}")))?;
         log::info!(
@@ -116,10 +120,11 @@ impl Agent {
         if new.agent.socket != self.settings.agent.socket
             || new.agent.state_dir != self.settings.agent.state_dir
             || new.agent.store != self.settings.agent.store
+            || new.agent.metrics_file != self.settings.agent.metrics_file
         {
             log::warn!(
-                "reload: socket, state_dir, store_key and persist_refresh_tokens changes take \
-                 effect at the next start"
+                "reload: socket, state_dir, store_key, persist_refresh_tokens and metrics_file \
+                 changes take effect at the next start"
             );
         }
         match self.scheduler.reload(&new) {

@@ -39,6 +39,9 @@ pub struct AgentSettings {
     /// `store_key` and `persist_refresh_tokens`: how stored records are
     /// written (sealed, and whether with refresh tokens).
     pub store: crate::store::Protection,
+    /// The Prometheus text file for node_exporter (`metrics_file`); off
+    /// when `None`.
+    pub metrics_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -771,6 +774,18 @@ fn parse_agent(cx: &mut Cx, fields: Option<Fields>) -> Option<AgentSettings> {
         None => ProxySetting::Off,
     };
     let keep_refresh = f.boolean(cx, "persist_refresh_tokens");
+    let metrics_file = f.string(cx, "metrics_file").and_then(|s| {
+        // node_exporter's textfile collector reads only *.prom files.
+        let path = cx.resolve(&s);
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.len() > ".prom".len() && name.ends_with(".prom") && !s.ends_with('/') {
+            Some(path)
+        } else {
+            let why = "expected a file name ending in .prom (node_exporter reads only those)";
+            cx.problem(&f.key("metrics_file"), why);
+            None
+        }
+    });
     let store = crate::store::Protection {
         keep_refresh: keep_refresh.unwrap_or(key.is_some()),
         key,
@@ -785,6 +800,7 @@ fn parse_agent(cx: &mut Cx, fields: Option<Fields>) -> Option<AgentSettings> {
         max_connections_per_uid,
         store,
         proxy,
+        metrics_file,
     })
 }
 
@@ -1455,6 +1471,37 @@ mod tests {
         assert!(s.providers.is_empty());
         assert_eq!(s.agent.socket, PathBuf::from(paths::DEFAULT_SOCKET));
         assert_eq!(s.agent.socket_mode, 0o660);
+    }
+
+    #[test]
+    fn metrics_file_is_off_by_default_and_must_be_a_prom_file() {
+        assert_eq!(parse_ok("").agent.metrics_file, None);
+        let s = parse_ok("[agent]\nmetrics_file = \"/var/lib/prometheus/node-exporter/a.prom\"\n");
+        assert_eq!(
+            s.agent.metrics_file.as_deref(),
+            Some(Path::new("/var/lib/prometheus/node-exporter/a.prom"))
+        );
+        let base = Path::new("/etc/shop-auth-agent");
+        let s = parse(
+            "[agent]\nmetrics_file = \"m/a.prom\"\n",
+            "t",
+            Some(base),
+            false,
+            &no_env,
+        );
+        assert_eq!(
+            s.unwrap().agent.metrics_file.as_deref(),
+            Some(Path::new("/etc/shop-auth-agent/m/a.prom"))
+        );
+        for bad in ["/x/metrics.txt", "/x/.prom", "/x/a.prom/", "\"\""] {
+            let value = if bad.starts_with('"') {
+                bad.to_owned()
+            } else {
+                format!("{bad:?}")
+            };
+            let p = problems(&format!("[agent]\nmetrics_file = {value}\n"));
+            assert!(p[0].starts_with("agent.metrics_file: "), "{bad}: {p:?}");
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod durable;
 pub mod http;
 pub mod jwt;
 pub mod lifecycle;
+pub mod metrics;
 pub mod notify;
 pub mod paths;
 pub mod protocol;

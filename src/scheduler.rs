@@ -23,7 +23,7 @@ use crate::providers::{self, ErrorKind, Grant, Provider, ProviderError};
 use crate::store::{Health, Record, Store};
 use crate::timefmt::{now_unix, now_unix_ms};
 use crate::token::{self, Token};
-use crate::{notify, rand, tokenfile};
+use crate::{metrics, notify, rand, tokenfile};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -75,6 +75,8 @@ struct Table {
     /// Records the lifecycles asked to write again (after a clock jump),
     /// for the refresh thread: (provider, token, health).
     saves: Vec<(String, Option<Token>, Health)>,
+    /// Attempt outcomes for the metrics file.
+    attempts: metrics::Attempts,
 }
 
 /// The wall clock as the scheduler sees it (see [`crate::clock`]).
@@ -220,6 +222,7 @@ impl Scheduler {
                 untrusted,
             },
             saves: Vec::new(),
+            attempts: metrics::Attempts::default(),
         };
         for p in &settings.providers {
             let (token, health) = match stored.remove(&p.name) {
@@ -326,6 +329,9 @@ impl Scheduler {
     fn apply(self: &Arc<Self>, table: &mut Table, name: &str, event: Event) -> Vec<Action> {
         let now = self.now();
         let clock_shifted = table.clock.shifted;
+        if let Event::Finished(outcome) = &event {
+            table.attempts.count(name, outcome);
+        }
         let Some(slot) = table.slots.get_mut(name) else {
             return vec![];
         };
@@ -864,6 +870,52 @@ impl Scheduler {
             table.store_error.as_deref(),
             table.clock_note().as_deref(),
         )
+    }
+
+    /// For the metrics thread: what the metrics file shows, once it
+    /// differs from `last` or at `due`, whichever comes first (a change
+    /// wakes this through the condition variable every change notifies);
+    /// `None` once the agent stops.
+    pub fn metrics(
+        &self,
+        last: Option<&metrics::Snapshot>,
+        due: Instant,
+    ) -> Option<metrics::Snapshot> {
+        let mut table = self.lock();
+        loop {
+            if table.shutdown {
+                return None;
+            }
+            self.observe_clock(&mut table);
+            let now = self.now();
+            let snapshot = metrics::Snapshot {
+                providers: table
+                    .slots
+                    .iter()
+                    .map(|(name, slot)| {
+                        let status = slot.status(name, now);
+                        metrics::ProviderMetrics {
+                            name: status.provider,
+                            state: status.state,
+                            expires_at: status.expires_at,
+                            last_success: status.last_refresh,
+                            attempts: table.attempts.of(name),
+                        }
+                    })
+                    .collect(),
+                clock_trusted: table.clock.untrusted.is_none(),
+                store_writable: self.store.is_some() && table.store_error.is_none(),
+            };
+            let clock = Instant::now();
+            if last != Some(&snapshot) || clock >= due {
+                return Some(snapshot);
+            }
+            table = self
+                .cv
+                .wait_timeout(table, due - clock)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
     }
 
     /// Why the wall clock is not trusted, when it is not (STATUS shows it).

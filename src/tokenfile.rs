@@ -44,11 +44,26 @@ impl Readers {
 /// (0700 for `Nobody`); existing ones are left as they are, the config
 /// having refused any that others can write (`check_dir`).
 pub fn write(path: &Path, contents: &[u8], readers: Readers) -> io::Result<()> {
+    create_dirs(durable::parent(path), readers)?;
+    replace(path, contents, readers.gid(), readers.file_mode(), true)
+}
+
+/// Replaces `path` (its folder must exist) with `contents`, with `mode` and
+/// group `gid` set on the descriptor, under a fresh random name renamed
+/// over it, as [`write`] describes. `sync`: fsync the file and the
+/// folder (token files); without, a power cut may leave the old file or
+/// none, never half of one (the metrics file, rewritten every minute).
+pub fn replace(
+    path: &Path,
+    contents: &[u8],
+    gid: Option<u32>,
+    mode: u32,
+    sync: bool,
+) -> io::Result<()> {
     let dir = durable::parent(path);
-    create_dirs(dir, readers)?;
     let name = path
         .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "token file has no name"))?
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the file has no name"))?
         .to_string_lossy()
         .into_owned();
     remove_leftovers(dir, &name);
@@ -60,11 +75,16 @@ pub fn write(path: &Path, contents: &[u8], readers: Readers) -> io::Result<()> {
             .custom_flags(libc::O_NOFOLLOW)
             .mode(0o600)
             .open(&tmp)?;
-        set_owner_and_mode(&f, readers.gid(), readers.file_mode())?;
+        set_owner_and_mode(&f, gid, mode)?;
         f.write_all(contents)?;
-        f.sync_all()?;
-        drop(f);
-        durable::rename(&tmp, path)
+        if sync {
+            f.sync_all()?;
+            drop(f);
+            durable::rename(&tmp, path)
+        } else {
+            drop(f);
+            fs::rename(&tmp, path)
+        }
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
