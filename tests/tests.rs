@@ -15,7 +15,7 @@ mod examples_e2e;
 mod faults_e2e;
 mod fleet_sim;
 mod lifecycle_sim;
-mod partners_e2e;
 mod metrics_e2e;
+mod partners_e2e;
 mod powercut_e2e;
 mod store_e2e;
