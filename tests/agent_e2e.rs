@@ -2,7 +2,7 @@
 //! restart from the store.
 
 use crate::util::*;
-use standins::{Format, Kind, Mode};
+use standins::{Kind, Mode};
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
@@ -107,13 +107,7 @@ fn short_lifetime_tokens_are_renewed_before_expiry() {
     let dir = TempDir::new("renew");
     let partners = standin_with_lifetime(Duration::from_secs(4));
     // A partner that takes Autovit's undocumented refresh grant.
-    partners.set_format(
-        Kind::Autovit,
-        Format {
-            refresh_grant: true,
-            ..Format::of(Kind::Autovit)
-        },
-    );
+    takes_autovit_refresh_grant(&partners);
     write_config(&dir, &config_text(&dir, "", &partners.providers_toml()));
     let agent = Agent::start(&dir);
     for name in ["makeleaps", "autovit", "autoleap", "carrental"] {

@@ -3,7 +3,7 @@
 //! ever reaches the log.
 
 use crate::util::*;
-use standins::{Format, Kind, Mode, Standin, StandinOptions};
+use standins::{Kind, Mode, Standin, StandinOptions};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,13 +17,7 @@ fn running_with(tag: &str, sealed: bool) -> (TempDir, Standin, Agent) {
     let dir = TempDir::new(tag);
     let partners = standin();
     // Rotation needs a partner that takes Autovit's refresh grant.
-    partners.set_format(
-        Kind::Autovit,
-        Format {
-            refresh_grant: true,
-            ..Format::of(Kind::Autovit)
-        },
-    );
+    takes_autovit_refresh_grant(&partners);
     let agent_keys = if sealed {
         store_key_config(&dir, 1)
     } else {

@@ -67,13 +67,7 @@ fn a_refused_refresh_grant_is_remembered_across_restarts() {
 fn refresh_never_logs_in_each_time() {
     let dir = TempDir::new("refreshnever");
     let partners = standin_with_lifetime(Duration::from_secs(4));
-    partners.set_format(
-        Kind::Autovit,
-        Format {
-            refresh_grant: true,
-            ..Format::of(Kind::Autovit)
-        },
-    );
+    takes_autovit_refresh_grant(&partners);
     let providers = partners.providers_toml().replace(
         "[providers.autovit]\n",
         "[providers.autovit]\nrefresh = \"never\"\n",

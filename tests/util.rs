@@ -89,6 +89,18 @@ impl Drop for TempDir {
     }
 }
 
+/// Makes the Autovit stand-in take the refresh grant its document does not
+/// list (it refuses it by default, as the partner plausibly does).
+pub fn takes_autovit_refresh_grant(partners: &Standin) {
+    partners.set_format(
+        standins::Kind::Autovit,
+        standins::Format {
+            refresh_grant: true,
+            ..standins::Format::of(standins::Kind::Autovit)
+        },
+    );
+}
+
 pub fn standin() -> Standin {
     Standin::start(StandinOptions::default()).unwrap()
 }
