@@ -1,6 +1,6 @@
 //! Local users as an attacker on a shop terminal would be: the agent's CLI
-//! run as other uids (root starts it with setuid, so these tests need root
-//! and skip otherwise), storms of client requests, and connections that
+//! run as other uids (root starts it with setuid, so these tests need CAP_SETUID
+//! and CAP_SETGID and skip otherwise), storms of client requests, and connections that
 //! never read. What is checked is what the partner sees (requests counted
 //! by the stand-in) and what other users get.
 
@@ -15,11 +15,6 @@ use std::time::{Duration, Instant};
 /// A POS user in the provider's allow list, and one who is not.
 const POS1: u32 = 4243;
 const POS2: u32 = 4242;
-
-fn root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
 
 /// An agent whose socket any local user can open; `makeleaps` is for POS1
 /// only, the others are open to all. Root (this test) is the administrator.
@@ -62,8 +57,8 @@ fn token_as(agent: &Agent, uid: u32, name: &str) -> (i32, Value) {
 
 #[test]
 fn logout_is_for_administrators_and_survives_no_storm() {
-    if !root() {
-        println!("SKIP: running the CLI as other users needs root");
+    if let Err(why) = can_switch_users() {
+        skip(&why);
         return;
     }
     let (_dir, partners, agent) = shop("admin", "");
@@ -110,8 +105,8 @@ fn logout_is_for_administrators_and_survives_no_storm() {
 
 #[test]
 fn forced_renewal_storms_cost_at_most_one_partner_request() {
-    if !root() {
-        println!("SKIP: running the CLI as other users needs root");
+    if let Err(why) = can_switch_users() {
+        skip(&why);
         return;
     }
     let (_dir, partners, agent) = shop("storms", "");
@@ -195,8 +190,8 @@ fn forced_renewal_storms_cost_at_most_one_partner_request() {
 
 #[test]
 fn status_shows_errors_only_to_those_allowed_and_rejected_exits_78() {
-    if !root() {
-        println!("SKIP: running the CLI as other users needs root");
+    if let Err(why) = can_switch_users() {
+        skip(&why);
         return;
     }
     let (_dir, partners, agent) = shop("status-filter", "");
@@ -225,8 +220,8 @@ fn status_shows_errors_only_to_those_allowed_and_rejected_exits_78() {
 
 #[test]
 fn connections_that_never_read_do_not_lock_out_another_user() {
-    if !root() {
-        println!("SKIP: running the CLI as other users needs root");
+    if let Err(why) = can_switch_users() {
+        skip(&why);
         return;
     }
     let (_dir, _partners, agent) = shop("fair", "");

@@ -1,8 +1,9 @@
 //! Disk trouble: a store that cannot be opened, a full file system and a
 //! read-only one. The agent keeps serving from memory, says so in STATUS,
 //! logs the failure once (not per attempt), and catches up when the disk
-//! comes back. The file-system cases mount a small tmpfs and so run only as
-//! root (as CI does); elsewhere they say so and pass.
+//! comes back. The file-system cases mount a small tmpfs and so run only
+//! with CAP_SYS_ADMIN (root outside a container, as in CI); elsewhere they
+//! say so and pass.
 
 use crate::util::*;
 use std::ffi::CString;
@@ -29,10 +30,11 @@ impl Tmpfs {
             )
         };
         if rc != 0 {
-            eprintln!(
-                "skipped: cannot mount a tmpfs here ({}); run as root to test a full disk",
+            skip(&format!(
+                "cannot mount a tmpfs to fill ({}): mounting needs CAP_SYS_ADMIN, \
+                 which unprivileged users and most containers lack",
                 std::io::Error::last_os_error()
-            );
+            ));
             return None;
         }
         Some(Tmpfs(at.to_owned()))

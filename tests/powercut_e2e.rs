@@ -10,7 +10,7 @@
 //! token served before the cut or a newer one the partner issued; the agent
 //! starts (no crash loop); the token file is whole or absent.
 //!
-//! Needs root, `/dev/fuse` and Python 3 with `mfusepy` (PyPI) on libfuse3;
+//! Needs CAP_SYS_ADMIN (root outside a container), `/dev/fuse` and Python 3 with `mfusepy` (PyPI) on libfuse3;
 //! skipped with the reason otherwise. `SHOP_AUTH_AGENT_POWERCUT_SEED=N`
 //! replays the random choices of a run (the moments are wall-clock, so a
 //! replay comes close rather than exact); `SHOP_AUTH_AGENT_POWERCUT_CUTS=N`
@@ -55,9 +55,10 @@ impl CutFs {
     /// Mounts `backing` at `mount`; `Err` with the reason when this machine
     /// cannot (the caller skips).
     fn mount(backing: &Path, mount: &Path, ext4: bool) -> Result<CutFs, String> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            return Err("not root (mounting FUSE file systems needs root here)".into());
+        if !has_cap(CAP_SYS_ADMIN) {
+            return Err("mounting a FUSE file system needs CAP_SYS_ADMIN, which \
+                 unprivileged users and most containers lack"
+                .into());
         }
         if !Path::new("/dev/fuse").exists() {
             return Err("no /dev/fuse".into());
@@ -142,7 +143,7 @@ fn skip_or_fail(why: &str) {
         std::env::var_os("SHOP_AUTH_AGENT_REQUIRE_POWERCUT").is_none(),
         "{why} (and SHOP_AUTH_AGENT_REQUIRE_POWERCUT is set)"
     );
-    println!("SKIP {why}");
+    skip(why);
 }
 
 /// A small random generator for the test's own choices (the agent's

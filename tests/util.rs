@@ -26,21 +26,51 @@ pub const PROVIDERS: [&str; 6] = [
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_shop-auth-agent");
 
-/// Whether the agent runs under an emulator (`packaging/arm-test`), where
-/// everything is many times slower than on the device.
+/// The runner cargo starts this test binary with, split on whitespace:
+/// `CARGO_TARGET_<TRIPLE>_RUNNER` for the target the suite was built for,
+/// as `cross test` sets it in its images (e.g. `qemu-aarch64 -L
+/// /usr/aarch64-linux-gnu`) and `packaging/arm-test` and
+/// `.cargo/config.toml` set it for the ARM targets. Empty when none is set.
+///
+/// The triple is read from the agent binary's path: cargo puts what it builds
+/// for `--target T` in `<target-dir>/T/<profile>/`. A native build (no
+/// `--target`) has no triple there and runs the agent directly.
+pub fn runner() -> Vec<String> {
+    let triple = Path::new(BIN)
+        .parent()
+        .and_then(Path::parent)
+        .and_then(Path::file_name)
+        .and_then(|t| t.to_str())
+        .unwrap_or_default();
+    if triple.is_empty() {
+        return Vec::new();
+    }
+    let var = format!(
+        "CARGO_TARGET_{}_RUNNER",
+        triple.to_ascii_uppercase().replace(['-', '.'], "_")
+    );
+    std::env::var(var)
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Whether the agent runs through a runner (qemu-user under `cross test` or
+/// `packaging/arm-test`), where everything is many times slower than on the
+/// device.
 pub fn emulated() -> bool {
-    std::env::var_os("SHOP_AUTH_AGENT_TEST_RUNNER").is_some_and(|r| !r.is_empty())
+    !runner().is_empty()
 }
 
 /// Generous: the suite also runs under qemu-user emulation.
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
-/// A command running the agent binary; under emulation through the runner
-/// that `packaging/arm-test` names in `$SHOP_AUTH_AGENT_TEST_RUNNER` (e.g.
-/// `qemu-aarch64 -L /usr/aarch64-linux-gnu`), so no binfmt_misc is needed.
+/// A command running the agent binary, through the runner cargo runs this
+/// test binary with (see [`runner`]), so that no binfmt_misc is needed:
+/// cross's containers have none.
 pub fn bin() -> Command {
-    let runner = std::env::var("SHOP_AUTH_AGENT_TEST_RUNNER").unwrap_or_default();
-    let mut words = runner.split_whitespace();
+    let mut words = runner().into_iter();
     match words.next() {
         Some(program) => {
             let mut c = Command::new(program);
@@ -49,6 +79,45 @@ pub fn bin() -> Command {
         }
         None => Command::new(BIN),
     }
+}
+
+/// Linux capabilities the tests that skip look for.
+pub const CAP_SETGID: u32 = 6;
+pub const CAP_SETUID: u32 = 7;
+pub const CAP_SYS_ADMIN: u32 = 21;
+
+/// Whether this process holds `cap` in its effective set. Being root is not
+/// enough: a container's root usually lacks CAP_SYS_ADMIN, and a container
+/// may run the suite as another user (cross runs it as the caller's uid).
+pub fn has_cap(cap: u32) -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << cap) != 0)
+}
+
+/// `Err` with the reason when this process cannot start a client as another
+/// uid (setuid and setgid in the child need CAP_SETUID and CAP_SETGID).
+pub fn can_switch_users() -> Result<(), String> {
+    if has_cap(CAP_SETUID) && has_cap(CAP_SETGID) {
+        return Ok(());
+    }
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    Err(format!(
+        "running a client as another uid needs CAP_SETUID and CAP_SETGID, \
+         which this process (euid {euid}) lacks: run the suite as root, \
+         outside a container or in one that keeps those capabilities"
+    ))
+}
+
+/// Says on stdout that (and why) a test or part of one is skipped; the
+/// test then passes. Shown with `--nocapture`, and in the output of a test
+/// that fails.
+pub fn skip(why: &str) {
+    println!("SKIP: {why}");
 }
 
 /// Polls `f` until it returns `Some`, failing the test at the deadline.
