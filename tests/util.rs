@@ -82,6 +82,7 @@ pub fn bin() -> Command {
 }
 
 /// Linux capabilities the tests that skip look for.
+pub const CAP_CHOWN: u32 = 0;
 pub const CAP_SETGID: u32 = 6;
 pub const CAP_SETUID: u32 = 7;
 pub const CAP_SYS_ADMIN: u32 = 21;
