@@ -106,11 +106,15 @@ fn a_misbehaving_pos_cannot_lock_others_out() {
     );
     check("binary junk");
 
-    // Connect, disconnect, as fast as it goes.
-    for _ in 0..3000 {
+    // Connect, disconnect, as fast as it goes. Under an emulator each
+    // connection costs the agent's emulated accept loop tens of times more
+    // (a TOKEN behind 3,000 took 31 s under `qemu-arm -cpu arm1176`): the
+    // storm is scaled down there so the bound still measures the agent.
+    let storm = if emulated() { 1000 } else { 3000 };
+    for _ in 0..storm {
         drop(UnixStream::connect(&agent.socket).unwrap());
     }
-    check("3,000 connect/disconnect");
+    check("connect/disconnect storm");
 
     drop(deaf);
     let rss_after = rss_kib(agent.child.id());

@@ -16,6 +16,7 @@ mod faults_e2e;
 mod fleet_sim;
 mod lifecycle_sim;
 mod metrics_e2e;
+mod packaging_e2e;
 mod partners_e2e;
 mod powercut_e2e;
 mod store_e2e;
