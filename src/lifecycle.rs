@@ -1120,6 +1120,32 @@ mod tests {
     }
 
     #[test]
+    fn a_logout_whose_revocation_failed_says_so() {
+        let mut l = Lifecycle::new(TIMING, None, Health::default(), None, at(0, 0), 0.0);
+        l.on(Event::Refresh { admin: true }, at(0, 0), 0.0);
+        finish(&mut l, Outcome::Token(tok("a", 0, 1000)), at(0, 0));
+        l.on(Event::Logout, at(1, 1), 0.0);
+        let said = "logout: revocation at the partner failed (rejected: HTTP 401)";
+        finish(
+            &mut l,
+            Outcome::LoggedOut {
+                unrevoked: Some(said.into()),
+            },
+            at(1, 1),
+        );
+        assert!(l.health().logged_out);
+        assert_eq!(l.health().last_error.as_deref(), Some(said));
+        assert!(l.token().is_none());
+        // A clean logout leaves the last error as it was.
+        let mut l = Lifecycle::new(TIMING, None, Health::default(), None, at(0, 0), 0.0);
+        l.on(Event::Refresh { admin: true }, at(0, 0), 0.0);
+        finish(&mut l, Outcome::Token(tok("a", 0, 1000)), at(0, 0));
+        l.on(Event::Logout, at(1, 1), 0.0);
+        finish(&mut l, Outcome::LoggedOut { unrevoked: None }, at(1, 1));
+        assert!(l.health().logged_out && l.health().last_error.is_none());
+    }
+
+    #[test]
     fn logout_does_not_end_the_cooldown() {
         let admin = Event::Refresh { admin: true };
         let mut l = Lifecycle::new(TIMING, None, Health::default(), None, at(0, 0), 0.0);
