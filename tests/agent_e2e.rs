@@ -74,6 +74,9 @@ fn ping_status_and_errors_on_one_connection() {
     // Binary junk is a bad request too, and the connection stays usable.
     c.send_raw(b"\x00\xff\xfe\x01garbage\n");
     assert_eq!(c.read_answer().unwrap()["error"], "bad_request");
+    // (TOKEN waits 3 s for a first login; an emulated ARM1176 in a busy
+    // suite can take longer, so the login is awaited first.)
+    agent.wait_token("makeleaps");
     assert_eq!(c.ask("token makeleaps")["ok"], true);
     // Two requests in one write get two answers, in order.
     c.send_raw(b"PING\nTOKEN nosuch\n");
