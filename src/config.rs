@@ -175,9 +175,8 @@ fn load_with(
             message,
         }],
     };
-    let meta = std::fs::metadata(path).map_err(|e| fail(format!("cannot read: {e}")))?;
-    trusted_file(&meta).map_err(fail)?;
-    let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+    let (bytes, meta) = read_trusted(path, "cannot read").map_err(fail)?;
+    let text = String::from_utf8(bytes).map_err(|_| fail("cannot read: not UTF-8".into()))?;
     let world_readable = meta.permissions().mode() & 0o004 != 0;
     // Relative file paths in the config are the config folder's, and are
     // reported resolved: "file /etc/shop-auth-agent/x not readable".
@@ -210,32 +209,41 @@ pub fn load_for_check(path: &Path, env: Env) -> Result<(Settings, Notes), Config
 }
 
 /// `LoadCredential=` and `LoadCredentialEncrypted=` of the installed unit
-/// and its drop-ins under `root`: name → (path, encrypted); later files win.
+/// under `root`, read as systemd does: the unit file from the first folder
+/// that has one (`/etc` before `/run` before `/usr/local/lib` before
+/// `/usr/lib`), then its drop-ins in the order of their file names across
+/// those folders (a name in an earlier folder hides the same name in a
+/// later one); later lines win, and an empty value clears the list.
+/// name → (path, encrypted).
 fn unit_credentials(root: &Path) -> Vec<(String, PathBuf, bool)> {
     let unit = "shop-auth-agent.service";
-    let mut files = Vec::new();
-    for dir in [
-        "usr/lib/systemd/system",
-        "lib/systemd/system",
-        "etc/systemd/system",
-    ] {
-        files.push(root.join(dir).join(unit));
-    }
-    for dir in [
-        "usr/lib/systemd/system",
+    let dirs = [
         "etc/systemd/system",
         "run/systemd/system",
-    ] {
+        "usr/local/lib/systemd/system",
+        "usr/lib/systemd/system",
+        "lib/systemd/system",
+    ];
+    let mut files: Vec<PathBuf> = dirs
+        .iter()
+        .map(|d| root.join(d).join(unit))
+        .find(|p| p.is_file())
+        .into_iter()
+        .collect();
+    let mut dropins: std::collections::BTreeMap<std::ffi::OsString, PathBuf> =
+        std::collections::BTreeMap::new();
+    for dir in dirs.iter().rev() {
         if let Ok(entries) = std::fs::read_dir(root.join(dir).join(format!("{unit}.d"))) {
-            let mut conf: Vec<PathBuf> = entries
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|e| e == "conf"))
-                .collect();
-            conf.sort();
-            files.extend(conf);
+            for p in entries.flatten().map(|e| e.path()) {
+                if let (Some(name), true) =
+                    (p.file_name(), p.extension().is_some_and(|e| e == "conf"))
+                {
+                    dropins.insert(name.to_owned(), p);
+                }
+            }
         }
     }
+    files.extend(dropins.into_values());
     let mut found: Vec<(String, PathBuf, bool)> = Vec::new();
     for file in files {
         let Ok(text) = std::fs::read_to_string(&file) else {
@@ -249,7 +257,9 @@ fn unit_credentials(root: &Path) -> Vec<(String, PathBuf, bool)> {
             } else {
                 continue;
             };
-            if let Some((name, source)) = value.split_once(':') {
+            if value.is_empty() {
+                found.retain(|(_, _, e)| *e != encrypted);
+            } else if let Some((name, source)) = value.split_once(':') {
                 found.retain(|(n, _, _)| n != name);
                 found.push((name.to_owned(), PathBuf::from(source), encrypted));
             }
@@ -600,9 +610,10 @@ impl Fields {
 }
 
 /// What stands for a credential `check-config` cannot read: 64 hex digits,
-/// so that even a `store_key` passes its checks. Never used to run.
+/// not all the same, so that even a `store_key` passes its checks. Never
+/// used to run.
 const DEFERRED_CREDENTIAL: &str =
-    "0000000000000000000000000000000000000000000000000000000000000000";
+    "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
 /// The known key closest to `key`, if it is a plausible misspelling: at
 /// most two edits apart (a third of the key's length at most).
@@ -641,6 +652,21 @@ fn edit_distance(a: &str, b: &str) -> usize {
     d[a.len()][b.len()]
 }
 
+/// A file the agent takes orders or secrets from, checked ([`trusted_file`])
+/// and read through one descriptor: what is checked is what is read, even
+/// if the name is swapped in between.
+/// `unreadable` words an I/O error ("cannot read", "not readable").
+fn read_trusted(path: &Path, unreadable: &str) -> Result<(Vec<u8>, std::fs::Metadata), String> {
+    use std::io::Read;
+    let io = |e: std::io::Error| format!("{unreadable}: {e}");
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
+    trusted_file(&meta)?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(io)?;
+    Ok((bytes, meta))
+}
+
 fn read_secret(cx: &mut Cx, how: &str, arg: &str) -> Result<String, String> {
     let from_file = |path: &Path, what: String| -> Result<String, String> {
         let mut s =
@@ -654,11 +680,15 @@ fn read_secret(cx: &mut Cx, how: &str, arg: &str) -> Result<String, String> {
     match how {
         "file" => {
             let path = cx.resolve(arg);
-            let what = format!("file {}", path.display());
-            if let Ok(meta) = std::fs::metadata(&path) {
-                trusted_file(&meta).map_err(|e| format!("{what} {e}"))?;
+            let (bytes, _) = read_trusted(&path, "not readable")
+                .map_err(|e| format!("file {} {e}", path.display()))?;
+            let mut s = String::from_utf8(bytes)
+                .map_err(|_| format!("file {} is not UTF-8", path.display()))?;
+            // README, "Configuration": one trailing newline is trimmed, nothing else.
+            if s.ends_with('\n') {
+                s.pop();
             }
-            from_file(&path, what)
+            Ok(s)
         }
         "env" => (cx.env)(arg).ok_or_else(|| format!("environment variable {arg} is not set")),
         "credential" => {
@@ -884,10 +914,8 @@ fn parse_provider(
     let mut f = apply_common(cx, f, &mut d);
     let ca_pem = f.string(cx, "ca_file").and_then(|p| {
         let path = cx.resolve(&p);
-        let checked = std::fs::metadata(&path)
-            .map_err(|e| format!("not readable: {e}"))
-            .and_then(|meta| trusted_file(&meta))
-            .and_then(|()| std::fs::read(&path).map_err(|e| format!("not readable: {e}")))
+        let checked = read_trusted(&path, "not readable")
+            .map(|(pem, _)| pem)
             .map_err(|e| format!("file {} {e}", path.display()))
             .and_then(|pem| crate::http::check_ca_pem(&pem).map(|_| pem));
         checked.map_err(|e| cx.problem(&f.key("ca_file"), e)).ok()
@@ -975,8 +1003,8 @@ fn trusted_file(meta: &std::fs::Metadata) -> Result<(), String> {
 }
 
 /// Root, the agent's own user, and the packaged service user: the owners a
-/// token file's folders may have.
-fn trusted_uids() -> Vec<u32> {
+/// token file's folders (and the config's files) may have.
+pub fn trusted_uids() -> Vec<u32> {
     let mut uids = vec![0, sys::current_uid()];
     uids.extend(sys::user_id(paths::DEFAULT_GROUP).ok().flatten());
     uids
@@ -1223,12 +1251,20 @@ impl KindKeys<'_, '_> {
         }
     }
 
+    /// A required choice; when it is missing or wrong, the section's other
+    /// keys depend on it and cannot be judged, so they are not reported as
+    /// unknown (`grant_type = "pasword"` is one problem, not three).
     pub fn required_choice<T: Copy>(&mut self, key: &str, options: &[(&str, T)]) -> Option<T> {
-        if !self.f.has(key) {
+        let chosen = if self.f.has(key) {
+            self.choice(key, options)
+        } else {
             self.problem(key, "is required");
-            return None;
+            None
+        };
+        if chosen.is_none() {
+            self.f.table.clear();
         }
-        self.choice(key, options)
+        chosen
     }
 
     /// A table of strings (`extra = { audience = "…" }`), in key order.
@@ -1324,6 +1360,20 @@ mod tests {
         // Run as the service would, without $CREDENTIALS_DIRECTORY: refused.
         assert!(load(&config, &no_env).is_err());
         std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_wrong_grant_type_is_one_problem() {
+        let p = problems(
+            "[providers.a]\nkind = \"autovit\"\nclient_id = 1\nclient_secret = \"s\"\ngrant_type = \"pasword\"\nusername = \"u\"\npassword = \"p\"\n",
+        );
+        assert_eq!(
+            p,
+            vec![
+                "providers.a.grant_type: expected \"password\" or \"partner\", got \"pasword\""
+                    .to_owned()
+            ]
+        );
     }
 
     #[test]
@@ -1609,36 +1659,38 @@ mod tests {
         use crate::store::{Protection, StoreKey};
         let dir = std::env::temp_dir().join(format!("saa-cfg-{}", crate::rand::hex(8)));
         std::fs::create_dir_all(dir.join("creds")).unwrap();
-        let hex = "ab".repeat(32);
+        let hex = "abcd".repeat(16);
+        let pair =
+            |a: u8, b: u8| -> [u8; 32] { std::array::from_fn(|i| if i % 2 == 0 { a } else { b }) };
         std::fs::write(
             dir.join("key"),
-            format!("{}\n", crate::base64::encode(&[7; 32])),
+            format!("{}\n", crate::base64::encode(&pair(7, 8))),
         )
         .unwrap();
         std::fs::write(dir.join("creds/store-key"), format!("{hex}\n")).unwrap();
         let creds = dir.join("creds").display().to_string();
         let with_creds = move |k: &str| match k {
-            "KEY" => Some("ab".repeat(32)),
+            "KEY" => Some("abcd".repeat(16)),
             "BAD" => Some("hunter2hunter2".to_owned()),
             "CREDENTIALS_DIRECTORY" => Some(creds.clone()),
             _ => None,
         };
         let store =
             |text: &str, env: Env| parse(text, "t", Some(&dir), false, env).map(|s| s.agent.store);
-        let sealed = |b: u8| Protection {
-            key: Some(StoreKey::from_bytes([b; 32])),
+        let sealed = |key: [u8; 32]| Protection {
+            key: Some(StoreKey::from_bytes(key)),
             keep_refresh: true,
         };
         assert_eq!(store("", &no_env).unwrap(), Protection::default());
-        assert_eq!(store("", &with_creds).unwrap(), sealed(0xab));
+        assert_eq!(store("", &with_creds).unwrap(), sealed(pair(0xab, 0xcd)));
         let file = "[agent]\nstore_key = { file = \"key\" }\n";
-        assert_eq!(store(file, &with_creds).unwrap(), sealed(7));
+        assert_eq!(store(file, &with_creds).unwrap(), sealed(pair(7, 8)));
         let env = "[agent]\nstore_key = { env = \"KEY\" }\npersist_refresh_tokens = false\n";
         assert_eq!(
             store(env, &no_env).unwrap_err().problems[0].path,
             "agent.store_key"
         );
-        let mut no_refresh = sealed(0xab);
+        let mut no_refresh = sealed(pair(0xab, 0xcd));
         no_refresh.keep_refresh = false;
         assert_eq!(store(env, &with_creds).unwrap(), no_refresh);
         let asked = "[agent]\npersist_refresh_tokens = true\n";

@@ -1055,9 +1055,6 @@ impl Scheduler {
     }
 }
 
-/// Renew with the refresh token where the kind can; on a refusal fall back
-/// to a full login. A transient failure of the renewal is returned as is: a
-/// login would meet the same network.
 /// Revokes the job's tokens at the partner, where the kind can. An expired
 /// access token cannot authorise the call: it is renewed first with the
 /// refresh token (no login: that would make new tokens to revoke); with
@@ -1118,8 +1115,10 @@ fn revoke(name: &str, job: &Job, now: i64) -> Result<(), String> {
 }
 
 /// A renewal with `refresh` when given, else (or when the partner refuses
-/// it) a login. The third value says the partner refused the refresh grant
-/// itself: from then on the account logs in directly.
+/// it) a login. A transient failure of the renewal is returned as is: a
+/// login would meet the same network. The third value says the partner
+/// refused the refresh grant itself: from then on the account logs in
+/// directly.
 fn obtain(
     name: &str,
     job: &Job,

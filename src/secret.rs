@@ -46,15 +46,58 @@ impl fmt::Display for Secret {
 pub fn scrub(text: &str, secrets: &[&str]) -> String {
     let mut out = text.to_owned();
     for secret in secrets.iter().filter(|s| !s.is_empty()) {
-        let form = crate::providers::rfc6749::form_urlencode(secret);
-        let percent = form.replace('+', "%20");
-        for written in [*secret, &form, &percent] {
-            out = out.replace(written, "***");
+        let mut forms: Vec<String> = vec![secret.to_string()];
+        // As encoders write them: form-encoding (`*` kept, space `+`),
+        // RFC 3986 (`~` kept, space `%20`), each with upper- or lower-case
+        // hex digits.
+        for (keep, space) in [("-._*", "+"), ("-._~", "%20"), ("-._*", "%20")] {
+            let upper = percent_encode(secret, keep, space);
+            forms.push(lower_hex(&upper));
+            forms.push(upper);
+        }
+        forms.sort();
+        forms.dedup();
+        for written in &forms {
+            out = out.replace(written.as_str(), "***");
             if written.len() >= 4 {
                 for core in base64_cores(written.as_bytes()) {
                     out = blank_base64_runs(&out, &core);
                 }
             }
+        }
+    }
+    out
+}
+
+/// `s` percent-encoded, keeping letters, digits and the bytes in `keep`;
+/// a space becomes `space`.
+fn percent_encode(s: &str, keep: &str, space: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || keep.as_bytes().contains(&b) {
+            out.push(b as char);
+        } else if b == b' ' {
+            out.push_str(space);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The hex digits after each `%` in lower case.
+fn lower_hex(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut after = 0;
+    for c in s.chars() {
+        if c == '%' {
+            after = 2;
+            out.push(c);
+        } else if after > 0 {
+            after -= 1;
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
         }
     }
     out
@@ -120,6 +163,10 @@ mod tests {
             format!("Authorization: Basic {basic} refused"),
             format!("body was client_secret={form}&x=1"),
             format!("client_secret={}", form.replace('+', "%20")),
+            format!(
+                "client_secret={}",
+                form.replace("%3A", "%3a").replace("%2F", "%2f")
+            ),
             format!("token {url_b64}"),
         ] {
             let out = scrub(&echoed, &[secret]);
@@ -127,6 +174,11 @@ mod tests {
             for leak in [secret, "s3cr", basic.as_str(), &basic[12..], &form] {
                 assert!(!out.contains(leak), "{echoed} -> {out}");
             }
+        }
+        // Python's quote(): `~` kept, `*` encoded, lower or upper hex.
+        let odd = "tilde~star*sec ret";
+        for echoed in ["x=tilde~star%2Asec%20ret", "x=tilde~star%2asec%20ret"] {
+            assert_eq!(scrub(echoed, &[odd]), "x=***", "{echoed}");
         }
         // The words around it stay.
         assert_eq!(

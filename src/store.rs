@@ -581,7 +581,12 @@ fn open_files(state_dir: &Path, codec: &Codec) -> Result<Found, StoreError> {
     let db_path = state_dir.join("db");
     crate::durable::create_dir_all(state_dir, 0o700)
         .map_err(io_error(format!("creating {}", state_dir.display())))?;
-    make_private(state_dir).map_err(io_error(format!("securing {}", state_dir.display())))?;
+    // The state dir itself may be a link (moved to another partition):
+    // followed for it, never for what is inside.
+    let real = state_dir
+        .canonicalize()
+        .map_err(io_error(format!("securing {}", state_dir.display())))?;
+    make_private(&real).map_err(io_error(format!("securing {}", state_dir.display())))?;
     let (mirror, copy) =
         Mirror::open(state_dir).map_err(io_error("opening the store's mirror".into()))?;
     let mut damage: Option<(StoreError, PathBuf)> = None;

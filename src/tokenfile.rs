@@ -41,9 +41,12 @@ impl Readers {
 /// group are set on the descriptor, never by path, and it is then renamed
 /// over `path` (rename replaces a symlink at `path`; it never writes
 /// through one). Folders the agent creates get 0750 and the readers' group
-/// (0700 for `Nobody`); existing ones are left as they are, the config
-/// having refused any that others can write (`check_dir`).
+/// (0700 for `Nobody`). Folders that another user owns or can write are
+/// refused ([`check_dir`]) here as at config load: one may have been
+/// removed and made again by someone else since (a tmpfs after a reboot).
 pub fn write(path: &Path, contents: &[u8], readers: Readers) -> io::Result<()> {
+    check_dir(path, &crate::config::trusted_uids())
+        .map_err(|e| io::Error::new(io::ErrorKind::PermissionDenied, e))?;
     create_dirs(durable::parent(path), readers)?;
     replace(path, contents, readers.gid(), readers.file_mode(), true)
 }
@@ -199,8 +202,13 @@ pub fn remove(path: &Path) -> io::Result<()> {
 mod tests {
     use super::*;
 
+    /// A fresh folder of ours (0755) in the sticky temp dir: token files
+    /// may be made below it, not in the temp dir itself.
     fn tempdir(tag: &str) -> PathBuf {
-        std::env::temp_dir().join(format!("saa-tf-{tag}-{}", crate::rand::hex(10)))
+        let dir = std::env::temp_dir().join(format!("saa-tf-{tag}-{}", crate::rand::hex(10)));
+        fs::create_dir(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        dir
     }
 
     fn mode(p: &Path) -> u32 {

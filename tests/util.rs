@@ -200,7 +200,9 @@ pub fn config_text(dir: &TempDir, extra_agent: &str, providers: &str) -> String 
 /// returns the `[agent]` line that uses it.
 pub fn store_key_config(dir: &TempDir, byte: u8) -> String {
     let path = dir.join("store-key");
-    let key = shop_auth_agent::base64::encode(&[byte; 32]);
+    // Distinct keys per `byte`, none of them one byte repeated (refused).
+    let bytes: Vec<u8> = (0..32u8).map(|i| i.wrapping_mul(7) ^ byte).collect();
+    let key = shop_auth_agent::base64::encode(&bytes);
     std::fs::write(&path, format!("{key}\n")).unwrap();
     format!("store_key = {{ file = {:?} }}", path.display().to_string())
 }

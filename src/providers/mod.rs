@@ -164,7 +164,9 @@ pub trait Provider: Send + Sync + fmt::Debug + DynEq {
         None
     }
 
-    /// Whether [`Provider::logout`] revokes anything at the partner.
+    /// Whether [`Provider::logout`] revokes anything at the partner. A kind
+    /// that implements `logout` must say true here: the executor calls
+    /// `logout` only then (renewing an expired access token for it first).
     fn revokes(&self) -> bool {
         false
     }

@@ -46,6 +46,12 @@ impl StoreKey {
             crate::base64::decode(t)
         };
         match bytes.as_deref().map(<[u8; 32]>::try_from) {
+            // 32 equal bytes (all zeros, say) is a placeholder, not a key.
+            Some(Ok(key)) if key.iter().all(|&b| b == key[0]) => {
+                Err("is one byte repeated, not a random key \
+                     (make one with: head -c 32 /dev/urandom | base64)"
+                    .to_owned())
+            }
             Some(Ok(key)) => Ok(StoreKey(key)),
             Some(Err(_)) | None => Err("expected 32 bytes as 64 hex digits or in base64 \
                  (make one with: head -c 32 /dev/urandom | base64)"
@@ -175,6 +181,8 @@ mod tests {
             &(hex.clone() + "00"),
             &crate::base64::encode(&[0u8; 31]),
             &crate::base64::encode(&[0u8; 33]),
+            &crate::base64::encode(&[0u8; 32]),
+            &"ab".repeat(32),
             "correct horse battery staple correct horse battery staple12345",
         ] {
             let e = StoreKey::parse(bad).unwrap_err();
