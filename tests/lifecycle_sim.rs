@@ -401,8 +401,14 @@ impl Sim {
                     }
                     _ => {}
                 }
-                // And the client no longer wants the one it saw refused.
-                if let Some(n) = seen {
+                // And the client no longer wants the one it saw refused:
+                // when it named it, or when the agent took an unnamed report
+                // as about that one. An unnamed INVALIDATE answered with the
+                // current token is, by contract, about the token before it
+                // (docs/protocol.md: within the cooldown of a forced
+                // renewal); which one this client saw the agent cannot know.
+                let answered_current = matches!(&actions[..], [Action::Current]);
+                if let Some(n) = seen.filter(|_| named || !answered_current) {
                     self.invalidated.insert(n);
                 }
             }
