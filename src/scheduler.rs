@@ -140,8 +140,10 @@ struct Job {
     /// The token to renew or revoke (as persisted).
     token: Option<Token>,
     op: Op,
-    /// `ClockState::shifted` when the job started.
+    /// `ClockState::shifted` when the job started, and the wall clock then
+    /// (read together, so a token is stamped in the terms of that shift).
     clock_shifted: i64,
+    started: i64,
 }
 
 fn admins(settings: &Settings) -> Access {
@@ -327,6 +329,9 @@ impl Scheduler {
     /// the refresh thread, or by the caller at once). Called with the table
     /// locked.
     fn apply(self: &Arc<Self>, table: &mut Table, name: &str, event: Event) -> Vec<Action> {
+        // A jump not yet noticed would otherwise be counted twice by an
+        // attempt started here: in its stamps and in the shift it is given.
+        self.observe_clock(table);
         let now = self.now();
         let clock_shifted = table.clock.shifted;
         if let Event::Finished(outcome) = &event {
@@ -341,7 +346,7 @@ impl Scheduler {
         let mut saves = Vec::new();
         for action in actions {
             match action {
-                Action::Start(op) => self.start(slot, name, op, clock_shifted),
+                Action::Start(op) => self.start(slot, name, op, (clock_shifted, now.wall)),
                 Action::Wake => wake = true,
                 Action::Save { token, health } => saves.push((name.to_owned(), token, health)),
                 other => back.push(other),
@@ -357,7 +362,8 @@ impl Scheduler {
     }
 
     /// Starts an attempt on its own thread.
-    fn start(self: &Arc<Self>, slot: &Slot, name: &str, op: Op, clock_shifted: i64) {
+    fn start(self: &Arc<Self>, slot: &Slot, name: &str, op: Op, clock: (i64, i64)) {
+        let (clock_shifted, started) = clock;
         let job = Job {
             name: name.to_owned(),
             generation: slot.generation,
@@ -367,6 +373,7 @@ impl Scheduler {
             token: slot.life.persisted_token().cloned(),
             op,
             clock_shifted,
+            started,
         };
         let me = Arc::clone(self);
         let spawned = thread::Builder::new()
@@ -428,8 +435,12 @@ impl Scheduler {
     /// persist the outcome, then install it.
     fn attempt(self: Arc<Self>, job: Job) {
         let name = job.name.as_str();
-        let now = now_unix();
-        let mut skew = None;
+        let now = job.started;
+        // The partner's times (Date header, JWT iat) and when they came:
+        // compared with our clock only when the outcome is installed, in
+        // the clock's terms then (a clock set while the partner answered
+        // must not make it look skewed by the size of the jump).
+        let mut partner_time = None;
         let mut outcome = match job.op {
             Op::Logout => Outcome::LoggedOut {
                 unrevoked: revoke(name, &job, now).err(),
@@ -443,7 +454,7 @@ impl Scheduler {
                 match obtain(name, &job, renew_with) {
                     Ok((grant, how, refused_now)) => {
                         let iat = crate::jwt::claims(grant.access.expose()).and_then(|c| c.iat);
-                        skew = clock::partner_skew(now, grant.server_date, iat);
+                        partner_time = Some((grant.server_date, iat, Instant::now()));
                         let (mut t, source) =
                             Token::from_grant(grant, now, job.settings.token_lifetime);
                         if t.refresh.is_none() && how == "renewed" {
@@ -489,6 +500,7 @@ impl Scheduler {
                 let mut table = self.lock();
                 // A clock jump while the partner answered: stamp the token
                 // in the clock's new terms.
+                self.observe_clock(&mut table);
                 let jumped = table.clock.shifted - job.clock_shifted;
                 if let Outcome::Token(t) = &mut outcome {
                     if jumped != 0 {
@@ -538,7 +550,11 @@ impl Scheduler {
             {
                 self.apply(&mut table, name, Event::Persisted);
             }
-            table.learn_skew(name, skew);
+            if let Some((date, iat, answered)) = partner_time {
+                self.observe_clock(&mut table);
+                let then = now_unix() - answered.elapsed().as_secs() as i64;
+                table.learn_skew(name, clock::partner_skew(then, date, iat));
+            }
         }
     }
 
@@ -920,7 +936,9 @@ impl Scheduler {
 
     /// Why the wall clock is not trusted, when it is not (STATUS shows it).
     pub fn clock_note(&self) -> Option<String> {
-        self.lock().clock_note()
+        let mut table = self.lock();
+        self.observe_clock(&mut table);
+        table.clock_note()
     }
 
     /// The line for systemd's STATUS=.

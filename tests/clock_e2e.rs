@@ -4,11 +4,16 @@
 //! stand-in partners keep the real time, as real partners would.
 
 use crate::util::*;
-use shop_auth_agent::timefmt::TEST_CLOCK_ENV;
+use shop_auth_agent::timefmt::{now_unix, parse_timestamp, TEST_CLOCK_ENV};
 use standins::{Kind, Mode};
+use std::time::Duration;
 
+/// Replaces the offset at once (a rename): the agent never reads a
+/// half-written file, which it would take for no offset at all.
 fn set_clock(file: &std::path::Path, offset: i64) {
-    std::fs::write(file, offset.to_string()).unwrap();
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, offset.to_string()).unwrap();
+    std::fs::rename(&tmp, file).unwrap();
 }
 
 fn expires_in(answer: &serde_json::Value) -> i64 {
@@ -85,6 +90,64 @@ fn a_clock_behind_the_store_at_boot_is_distrusted_until_it_is_set() {
     let status = agent.ask("STATUS");
     assert!(status["clock"].is_null(), "{status}");
     assert!(agent.log_text().contains("clock: trusted again"));
+}
+
+#[test]
+fn a_clock_set_while_a_partner_answers_is_not_taken_for_skew() {
+    // Found by CI: a renewal asked before NTP set the clock and answered
+    // after it was compared with the clock of before, so the partner looked
+    // a day ahead and the clock, just trusted again, was distrusted again.
+    let dir = TempDir::new("clock-mid-answer");
+    let partners = standin();
+    write_config(&dir, &config_text(&dir, "", &partners.providers_toml()));
+    let clock = dir.join("clock-offset");
+    set_clock(&clock, 0);
+    let env = [(TEST_CLOCK_ENV, clock.to_str().unwrap())];
+    let mut agent = Agent::spawn(&dir, &env);
+    agent.wait_ready();
+    let before = agent.wait_token("makeleaps");
+    agent.signal(libc::SIGTERM);
+    agent.wait_exit();
+
+    set_clock(&clock, -86_400);
+    for kind in Kind::ALL {
+        partners.set_mode(kind, Mode::Close);
+    }
+    partners.set_mode(Kind::MakeLeaps, Mode::Delay(Duration::from_secs(3)));
+    let asked = partners.count(Kind::MakeLeaps);
+    let agent = Agent::spawn(&dir, &env);
+    agent.wait_ready();
+    // The renewal is at the partner, its answer three seconds away.
+    wait_for("a renewal at MakeLeaps", || {
+        (partners.count(Kind::MakeLeaps) > asked).then_some(())
+    });
+    set_clock(&clock, 0);
+    let status = agent.ask("STATUS");
+    assert!(status["clock"].is_null(), "{status}");
+    let fresh = wait_for("the renewed token", || {
+        let a = agent.ask("TOKEN makeleaps");
+        (a["ok"] == true && a["access_token"] != before["access_token"]).then_some(a)
+    });
+    assert!(expires_in(&fresh) <= 3600, "{fresh}");
+    assert!(expires_in(&fresh) > 3000, "{fresh}");
+    // The skew is learnt in the same step that ends the attempt (its
+    // record written): while an attempt is on, STATUS plans the next one a
+    // second away; after it, the renewal well before expiry.
+    wait_for("the attempt's end", || {
+        let s = agent.ask("STATUS");
+        let ml = s["providers"]
+            .as_array()?
+            .iter()
+            .find(|p| p["provider"] == "makeleaps")?
+            .clone();
+        let next = parse_timestamp(ml["next_attempt"].as_str()?)?;
+        (next > now_unix() + 600).then_some(())
+    });
+    let status = agent.ask("STATUS");
+    assert!(status["clock"].is_null(), "{status}");
+    let log = agent.log_text();
+    assert!(log.contains("clock: trusted again"), "{log}");
+    assert!(!log.contains("ours is not trusted"), "{log}");
 }
 
 #[test]
