@@ -78,6 +78,10 @@ pub enum Outcome {
         kind: ErrorKind,
         message: String,
         retry_after: Option<Duration>,
+        /// The partner refused the refresh grant before this failure: the
+        /// token kept is marked so (its refresh token dropped), and the
+        /// next renewals log in directly, also after a restart.
+        refresh_refused: bool,
     },
 }
 
@@ -207,6 +211,16 @@ pub fn fresh_or_renewing(refresh_at: i64, now: i64) -> &'static str {
 }
 
 /// The token with its wall-clock stamps moved by `by` seconds.
+/// `t` with the partner's refusal of the refresh grant remembered: its
+/// refresh token, which nothing can use, dropped.
+pub fn without_refresh_grant(t: &Token) -> Token {
+    Token {
+        refresh: None,
+        refresh_refused: true,
+        ..t.clone()
+    }
+}
+
 pub fn shifted(t: &Token, by: i64) -> Token {
     Token {
         obtained_at: t.obtained_at.saturating_add(by),
@@ -602,7 +616,12 @@ impl Lifecycle {
                     ..Health::default()
                 },
             ),
-            Outcome::Failed { kind, message, .. } => {
+            Outcome::Failed {
+                kind,
+                message,
+                refresh_refused,
+                ..
+            } => {
                 let health = Health {
                     failures: self.health.failures.saturating_add(1),
                     last_error: Some(format!("{}: {message}", kind.as_str())),
@@ -624,6 +643,8 @@ impl Lifecycle {
                 // never kept.
                 let token = if refused {
                     None
+                } else if *refresh_refused {
+                    self.persisted_token().map(without_refresh_grant)
                 } else {
                     self.persisted_token().cloned()
                 };
@@ -673,12 +694,19 @@ impl Lifecycle {
                 kind,
                 message,
                 retry_after,
+                refresh_refused,
             } => {
                 if token.is_none() {
                     // A refused token is never served again, even if its
                     // renewal failed.
                     self.token = None;
                     self.restored = None;
+                } else if refresh_refused {
+                    let mark = |t: &mut Option<Arc<Token>>| {
+                        *t = t.take().map(|t| Arc::new(without_refresh_grant(&t)));
+                    };
+                    mark(&mut self.token);
+                    mark(&mut self.restored);
                 } // else: the slot keeps what it holds now (shifted by a
                   // clock jump, restored, or taken in late).
                 let delay = match kind {
@@ -847,6 +875,7 @@ mod tests {
             kind,
             message: "no".into(),
             retry_after: None,
+            refresh_refused: false,
         }
     }
 
@@ -968,6 +997,39 @@ mod tests {
         assert_eq!(
             l.outcome_of(1),
             Some(Err(("transient: no".into(), Some(1))))
+        );
+    }
+
+    #[test]
+    fn a_refused_refresh_grant_is_remembered_when_the_login_after_it_fails() {
+        let held = Token {
+            refresh: Some(Secret::new("rt")),
+            ..tok("t", 0, 1000)
+        };
+        let mut l = Lifecycle::new(TIMING, Some(held), Health::default(), None, at(0, 0), 0.0);
+        l.on(REFRESH, at(10, 10), 0.0);
+        let outcome = Outcome::Failed {
+            kind: ErrorKind::Transient,
+            message: "503".into(),
+            retry_after: None,
+            refresh_refused: true,
+        };
+        let persist = l.on(Event::Finished(outcome), at(10, 10), 0.0);
+        let [Action::Persist {
+            token: Some(stored),
+            ..
+        }] = persist.as_slice()
+        else {
+            panic!("{persist:?}");
+        };
+        assert!(stored.refresh_refused && stored.refresh.is_none());
+        assert_eq!(stored.access.expose(), "t");
+        l.on(Event::Persisted, at(10, 10), 0.0);
+        let held = l.persisted_token().unwrap();
+        assert!(held.refresh_refused && held.refresh.is_none());
+        assert_eq!(
+            l.serve(10).map(|(t, s)| (t.access.expose(), s)),
+            Some(("t", "renewing"))
         );
     }
 
@@ -1201,6 +1263,7 @@ mod tests {
             kind: ErrorKind::Transient,
             message: "429".into(),
             retry_after: Some(Duration::from_secs(3600)),
+            refresh_refused: false,
         };
         finish(&mut l, busy, at(1, 1));
         for verb in [REFRESH, invalidate("a"), Event::Invalidate(None)] {

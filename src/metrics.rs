@@ -261,6 +261,7 @@ mod tests {
             kind,
             message: "rejected: HTTP 401 secret-in-body".into(),
             retry_after: None,
+            refresh_refused: false,
         }
     }
 

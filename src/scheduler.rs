@@ -451,8 +451,9 @@ impl Scheduler {
                 let renew_with = old_refresh
                     .as_ref()
                     .filter(|_| job.settings.refresh == RefreshMode::Auto && !refused_before);
-                match obtain(name, &job, renew_with) {
-                    Ok((grant, how, refused_now)) => {
+                let (obtained, refused_now) = obtain(name, &job, renew_with);
+                match obtained {
+                    Ok((grant, how)) => {
                         let iat = crate::jwt::claims(grant.access.expose()).and_then(|c| c.iat);
                         partner_time = Some((grant.server_date, iat, Instant::now()));
                         let (mut t, source) =
@@ -480,6 +481,7 @@ impl Scheduler {
                         kind: e.kind,
                         message: e.message,
                         retry_after: e.retry_after,
+                        refresh_refused: refused_now,
                     },
                 }
             }
@@ -1134,14 +1136,14 @@ fn revoke(name: &str, job: &Job, now: i64) -> Result<(), String> {
 
 /// A renewal with `refresh` when given, else (or when the partner refuses
 /// it) a login. A transient failure of the renewal is returned as is: a
-/// login would meet the same network. The third value says the partner
-/// refused the refresh grant itself: from then on the account logs in
-/// directly.
+/// login would meet the same network. The second value says the partner
+/// refused the refresh grant itself, whatever the login then did: from
+/// then on the account logs in directly.
 fn obtain(
     name: &str,
     job: &Job,
     refresh: Option<&crate::secret::Secret>,
-) -> Result<(Grant, &'static str, bool), ProviderError> {
+) -> (Result<(Grant, &'static str), ProviderError>, bool) {
     let mut grant_refused = false;
     if let Some(refresh) = refresh {
         match job
@@ -1150,8 +1152,8 @@ fn obtain(
             .map(|r| r.and_then(providers::checked))
         {
             None => {}
-            Some(Ok(grant)) => return Ok((grant, "renewed", false)),
-            Some(Err(e)) if e.kind == ErrorKind::Transient => return Err(e),
+            Some(Ok(grant)) => return (Ok((grant, "renewed")), false),
+            Some(Err(e)) if e.kind == ErrorKind::Transient => return (Err(e), false),
             Some(Err(e)) if e.grant_refused => {
                 log::warn!(
                     "{name}: the partner refuses the refresh grant ({e}); \
@@ -1162,10 +1164,12 @@ fn obtain(
             Some(Err(e)) => log::info!("{name}: renewal refused ({e}); logging in again"),
         }
     }
-    job.provider
+    let login = job
+        .provider
         .login(&job.http)
         .and_then(providers::checked)
-        .map(|g| (g, "logged in", grant_refused))
+        .map(|g| (g, "logged in"));
+    (login, grant_refused)
 }
 
 /// What a store error is about, for logging each cause once: an I/O error

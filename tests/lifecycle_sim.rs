@@ -617,6 +617,7 @@ fn failed(kind: ErrorKind, retry_after: Option<u64>) -> Outcome {
         kind,
         message: "simulated".into(),
         retry_after: retry_after.map(Duration::from_secs),
+        refresh_refused: false,
     }
 }
 

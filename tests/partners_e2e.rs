@@ -3,7 +3,7 @@
 //! a server writing local times without a zone, opaque tokens.
 
 use crate::util::*;
-use standins::{Format, Kind};
+use standins::{Format, Kind, Mode};
 use std::time::Duration;
 
 /// The `autovit` provider's token requests, by grant, in order
@@ -61,6 +61,53 @@ fn a_refused_refresh_grant_is_remembered_across_restarts() {
         (t != now && grants(&partners).len() > before).then_some(())
     });
     assert_eq!(tried(&grants(&partners)), 1, "{:?}", grants(&partners));
+}
+
+#[test]
+fn a_refused_refresh_grant_is_remembered_when_the_login_after_it_fails() {
+    let dir = TempDir::new("nogrant-fail");
+    let partners = standin_with_lifetime(Duration::from_secs(4));
+    let keys = store_key_config(&dir, 1);
+    write_config(&dir, &config_text(&dir, &keys, &partners.providers_toml()));
+    let mut agent = Agent::start(&dir);
+    agent.wait_token("autovit");
+    // The partner refuses the refresh grant and is too busy for logins.
+    let busy = Mode::Status {
+        status: 503,
+        body: r#"{"error":"temporarily_unavailable"}"#.into(),
+        retry_after: None,
+    };
+    partners.set_mode(Kind::Autovit, Mode::Only("password".into(), Box::new(busy)));
+    wait_for("two failed renewals", || {
+        (grants(&partners).len() >= 4).then_some(())
+    });
+    agent.signal(libc::SIGTERM);
+    agent.wait_exit();
+    let pair = |a: &str, s: u16| (a.to_owned(), s);
+    assert_eq!(
+        grants(&partners)[..4],
+        [
+            pair("password", 200),
+            pair("refresh_token", 400),
+            pair("password", 503),
+            pair("password", 503),
+        ],
+        "the refusal is remembered though no token came with it"
+    );
+    // Stored so: after a restart the first attempt logs in.
+    partners.set_mode(Kind::Autovit, Mode::Normal);
+    let before = grants(&partners).len();
+    let agent = Agent::start(&dir);
+    wait_for("a login after the restart", || {
+        let t = agent.ask("TOKEN autovit");
+        (t["ok"] == true && grants(&partners)[before..].iter().any(|(_, s)| *s == 200))
+            .then_some(())
+    });
+    let after = grants(&partners);
+    assert!(
+        after[before..].iter().all(|(a, _)| a == "password"),
+        "{after:?}"
+    );
 }
 
 #[test]

@@ -100,6 +100,9 @@ pub enum Mode {
     /// 401 whose error fields echo the request: its `Authorization`
     /// header and its body, as a careless partner's error page does.
     Echo,
+    /// The inner mode for requests of one action (a `grant_type`, or the
+    /// path's action such as `logout`), normal answers to the others.
+    Only(String, Box<Mode>),
 }
 
 /// How a kind writes its answers, beyond what its document fixes: the forms
@@ -730,10 +733,20 @@ fn handle(inner: &Inner, req: &Request) -> Outcome {
     let mode = {
         let mut st = inner.lock();
         *st.counts.entry(kind).or_insert(0) += 1;
-        st.modes.get(&kind).cloned().unwrap_or(Mode::Normal)
+        match st.modes.get(&kind).cloned().unwrap_or(Mode::Normal) {
+            Mode::Only(only, inner) if only == action => *inner,
+            Mode::Only(..) => Mode::Normal,
+            other => other,
+        }
     };
     let (outcome, status) = match mode {
-        Mode::Normal | Mode::Reject | Mode::Delay(_) | Mode::LoseAnswer | Mode::Trickle(_) => {
+        // An `Only` within an `Only` answers normally.
+        Mode::Normal
+        | Mode::Reject
+        | Mode::Delay(_)
+        | Mode::LoseAnswer
+        | Mode::Trickle(_)
+        | Mode::Only(..) => {
             if let Mode::Delay(d) = mode {
                 let st = inner.lock();
                 let _ = inner
