@@ -251,12 +251,27 @@ fn ext4_for(cut: usize) -> bool {
 
 #[test]
 fn power_cut_during_renewals_never_loses_a_served_token() {
+    power_cuts(false);
+}
+
+/// The same with a store key (what the package sets up): sealed records,
+/// and refresh tokens kept, so a rotation lost by the cut would show.
+#[test]
+fn power_cut_during_renewals_never_loses_a_served_token_of_a_sealed_store() {
+    power_cuts(true);
+}
+
+fn power_cuts(sealed: bool) {
     let cuts = std::env::var("SHOP_AUTH_AGENT_POWERCUT_CUTS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(if emulated() { CUTS_EMULATED } else { CUTS });
     let seed0 = master_seed();
-    let dir = TempDir::new("powercut");
+    let dir = TempDir::new(if sealed {
+        "powercut-sealed"
+    } else {
+        "powercut"
+    });
     let backing = dir.join("card");
     std::fs::create_dir_all(&backing).unwrap();
     let mnt = dir.join("mnt");
@@ -267,8 +282,13 @@ fn power_cut_during_renewals_never_loses_a_served_token() {
             return;
         }
     };
+    let label = if sealed {
+        "power cut (sealed)"
+    } else {
+        "power cut"
+    };
     println!(
-        "power cut: seed {seed0} (SHOP_AUTH_AGENT_POWERCUT_SEED={seed0} replays it), {cuts} cuts"
+        "{label}: seed {seed0} (SHOP_AUTH_AGENT_POWERCUT_SEED={seed0} replays it), {cuts} cuts"
     );
     let partners = standin();
     let file = mnt.join("tokens/makeleaps.json");
@@ -279,9 +299,15 @@ fn power_cut_during_renewals_never_loses_a_served_token() {
             file.display().to_string()
         ),
     );
-    // The socket stays off the card; the state and the token file are on it.
+    // The socket and the key stay off the card; the state and the token
+    // file are on it.
+    let key = if sealed {
+        store_key_config(&dir, 3)
+    } else {
+        String::new()
+    };
     let text = format!(
-        "[agent]\nsocket = {:?}\nstate_dir = {:?}\n\n[defaults]\ntimeout = \"2s\"\nmax_backoff = \"2s\"\nrefresh_cooldown = \"0s\"\n\n{providers}",
+        "[agent]\nsocket = {:?}\nstate_dir = {:?}\n{key}\n\n[defaults]\ntimeout = \"2s\"\nmax_backoff = \"2s\"\nrefresh_cooldown = \"0s\"\n\n{providers}",
         dir.join("agent.sock").display().to_string(),
         mnt.join("state").display().to_string(),
     );
@@ -356,12 +382,12 @@ fn power_cut_during_renewals_never_loses_a_served_token() {
     fs.exit();
     let _ = agent.child.wait();
     for (mode, (ok, bad)) in &tally {
-        println!("power cut: {mode:>30}: {ok} passed, {bad} failed");
+        println!("{label}: {mode:>30}: {ok} passed, {bad} failed");
     }
-    println!("power cut: {newer} times a renewal had reached the card but not the client");
+    println!("{label}: {newer} times a renewal had reached the card but not the client");
     let log = agent.log_text();
     println!(
-        "power cut: the store restored records from its mirror {} times, moved a damaged database aside {} times",
+        "{label}: the store restored records from its mirror {} times, moved a damaged database aside {} times",
         log.matches(" provider record").count(),
         log.matches("moved it to").count()
     );
