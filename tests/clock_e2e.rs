@@ -22,28 +22,58 @@ fn expires_in(answer: &serde_json::Value) -> i64 {
         .unwrap_or_else(|| panic!("{answer}"))
 }
 
+/// A Pi powered on again without network: a token obtained with the clock
+/// right, the agent stopped, then the clock a day behind the time the
+/// token was obtained (not yet synchronised) and every partner closed.
+struct DayBehind {
+    dir: TempDir,
+    partners: standins::Standin,
+    clock: std::path::PathBuf,
+    before: serde_json::Value,
+}
+
+impl DayBehind {
+    fn new(name: &str) -> DayBehind {
+        let dir = TempDir::new(name);
+        let partners = standin();
+        write_config(&dir, &config_text(&dir, "", &partners.providers_toml()));
+        let clock = dir.join("clock-offset");
+        set_clock(&clock, 0);
+        let mut this = DayBehind {
+            dir,
+            partners,
+            clock,
+            before: serde_json::Value::Null,
+        };
+        let mut agent = this.spawn();
+        this.before = agent.wait_token("makeleaps");
+        agent.signal(libc::SIGTERM);
+        agent.wait_exit();
+        set_clock(&this.clock, -86_400);
+        for kind in Kind::ALL {
+            this.partners.set_mode(kind, Mode::Close);
+        }
+        this
+    }
+
+    /// The agent, on the test clock, ready.
+    fn spawn(&self) -> Agent {
+        let agent = Agent::spawn(&self.dir, &[(TEST_CLOCK_ENV, self.clock.to_str().unwrap())]);
+        agent.wait_ready();
+        agent
+    }
+}
+
 #[test]
 fn a_clock_behind_the_store_at_boot_is_distrusted_until_it_is_set() {
-    let dir = TempDir::new("clock-boot");
-    let partners = standin();
-    write_config(&dir, &config_text(&dir, "", &partners.providers_toml()));
-    let clock = dir.join("clock-offset");
-    set_clock(&clock, 0);
-    let env = [(TEST_CLOCK_ENV, clock.to_str().unwrap())];
-    let mut agent = Agent::spawn(&dir, &env);
-    agent.wait_ready();
-    let before = agent.wait_token("makeleaps");
-    agent.signal(libc::SIGTERM);
-    agent.wait_exit();
-
-    // Powered on again without network, the clock not yet synchronised
-    // and a day behind the time the token was obtained.
-    set_clock(&clock, -86_400);
-    for kind in Kind::ALL {
-        partners.set_mode(kind, Mode::Close);
-    }
-    let agent = Agent::spawn(&dir, &env);
-    agent.wait_ready();
+    let day = DayBehind::new("clock-boot");
+    let DayBehind {
+        partners,
+        clock,
+        before,
+        ..
+    } = &day;
+    let agent = day.spawn();
     let a = agent.ask("TOKEN makeleaps");
     assert_eq!(a["ok"], true, "{a}");
     assert_eq!(a["access_token"], before["access_token"]);
@@ -80,7 +110,7 @@ fn a_clock_behind_the_store_at_boot_is_distrusted_until_it_is_set() {
 
     // NTP sets the clock: the same token, as long-lived as before, and the
     // clock trusted again.
-    set_clock(&clock, 0);
+    set_clock(clock, 0);
     let after = agent.ask("TOKEN makeleaps");
     assert_eq!(after["access_token"], fresh["access_token"], "{after}");
     assert!(
@@ -97,31 +127,21 @@ fn a_clock_set_while_a_partner_answers_is_not_taken_for_skew() {
     // Found by CI: a renewal asked before NTP set the clock and answered
     // after it was compared with the clock of before, so the partner looked
     // a day ahead and the clock, just trusted again, was distrusted again.
-    let dir = TempDir::new("clock-mid-answer");
-    let partners = standin();
-    write_config(&dir, &config_text(&dir, "", &partners.providers_toml()));
-    let clock = dir.join("clock-offset");
-    set_clock(&clock, 0);
-    let env = [(TEST_CLOCK_ENV, clock.to_str().unwrap())];
-    let mut agent = Agent::spawn(&dir, &env);
-    agent.wait_ready();
-    let before = agent.wait_token("makeleaps");
-    agent.signal(libc::SIGTERM);
-    agent.wait_exit();
-
-    set_clock(&clock, -86_400);
-    for kind in Kind::ALL {
-        partners.set_mode(kind, Mode::Close);
-    }
+    let day = DayBehind::new("clock-mid-answer");
+    let DayBehind {
+        partners,
+        clock,
+        before,
+        ..
+    } = &day;
     partners.set_mode(Kind::MakeLeaps, Mode::Delay(Duration::from_secs(3)));
     let asked = partners.count(Kind::MakeLeaps);
-    let agent = Agent::spawn(&dir, &env);
-    agent.wait_ready();
+    let agent = day.spawn();
     // The renewal is at the partner, its answer three seconds away.
     wait_for("a renewal at MakeLeaps", || {
         (partners.count(Kind::MakeLeaps) > asked).then_some(())
     });
-    set_clock(&clock, 0);
+    set_clock(clock, 0);
     let status = agent.ask("STATUS");
     assert!(status["clock"].is_null(), "{status}");
     let fresh = wait_for("the renewed token", || {
