@@ -821,19 +821,6 @@ fn read_sled(db: &sled::Db) -> Result<(u64, Raw, Level), StoreError> {
 /// a new database is marked as written at `level`.
 fn open_checked(path: &Path, level: Level) -> Result<sled::Db, StoreError> {
     let err = |context: String| move |source| StoreError { context, source };
-    // sled reports a held lock only as text in an `Other` I/O error: probe
-    // it first, so that callers can tell "in use" from other failures.
-    let data = path.join("db");
-    if let Ok(f) = File::open(&data) {
-        let held =
-            crate::sys::flock_held(&f).map_err(io_error(format!("locking {}", data.display())))?;
-        if held {
-            return Err(StoreError {
-                context: format!("{} is in use by another process", path.display()),
-                source: sled::Error::Io(std::io::Error::from(std::io::ErrorKind::WouldBlock)),
-            });
-        }
-    }
     let db = open_db(path)?;
     match db
         .get(SCHEMA_KEY)
@@ -862,7 +849,12 @@ fn open_checked(path: &Path, level: Level) -> Result<sled::Db, StoreError> {
     Ok(db)
 }
 
+/// sled reports a held lock only as text in an `Other` I/O error: the lock
+/// is probed before opening, and again after a failure (it may have been
+/// taken in between), so that callers can tell "in use" (`is_locked`) from
+/// other failures.
 fn open_db(path: &Path) -> Result<sled::Db, StoreError> {
+    probe_lock(path)?;
     sled::Config::new()
         .path(path)
         // Tokens are few and small; keep the page cache and segments small.
@@ -871,10 +863,34 @@ fn open_db(path: &Path) -> Result<sled::Db, StoreError> {
         // We flush after every change ourselves; no background flusher.
         .flush_every_ms(None)
         .open()
-        .map_err(|source| StoreError {
-            context: format!("opening {}", path.display()),
-            source,
+        .map_err(|source| {
+            if matches!(&source, sled::Error::Io(e) if e.kind() == std::io::ErrorKind::Other) {
+                if let Err(in_use) = probe_lock(path) {
+                    return in_use;
+                }
+            }
+            StoreError {
+                context: format!("opening {}", path.display()),
+                source,
+            }
         })
+}
+
+/// An error saying so when another holder has the database's lock.
+fn probe_lock(path: &Path) -> Result<(), StoreError> {
+    let data = path.join("db");
+    let Ok(f) = File::open(&data) else {
+        return Ok(());
+    };
+    let held =
+        crate::sys::flock_held(&f).map_err(io_error(format!("locking {}", data.display())))?;
+    if held {
+        return Err(StoreError {
+            context: format!("{} is in use by another process", path.display()),
+            source: sled::Error::Io(std::io::Error::from(std::io::ErrorKind::WouldBlock)),
+        });
+    }
+    Ok(())
 }
 
 /// The segment size of a database created now. Measured (BENCHMARKS.md):
@@ -927,9 +943,15 @@ mod tests {
     }
 
     fn reopen_with(dir: &Path, protection: &Protection) -> Store {
+        while_locked(|| Store::open(dir, protection))
+    }
+
+    /// `open` again and again while sled's lock of a store just dropped is
+    /// still held (up to 10 s).
+    fn while_locked<T>(open: impl Fn() -> Result<T, StoreError>) -> T {
         let start = std::time::Instant::now();
         loop {
-            match Store::open(dir, protection) {
+            match open() {
                 Err(e) if e.is_locked() && start.elapsed() < std::time::Duration::from_secs(10) => {
                     std::thread::sleep(std::time::Duration::from_millis(10))
                 }
@@ -1324,7 +1346,7 @@ mod tests {
             s.save("b", &with_tokens("B", "RB")).unwrap();
         }
         {
-            let db = open_db(&dir.join("db")).unwrap();
+            let db = while_locked(|| open_db(&dir.join("db")));
             let (va, vb) = (db.get(key("a")).unwrap(), db.get(key("b")).unwrap());
             db.insert(key("a"), vb.unwrap()).unwrap();
             db.insert(key("b"), va.unwrap()).unwrap();
