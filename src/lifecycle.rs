@@ -1001,6 +1001,37 @@ mod tests {
     }
 
     #[test]
+    fn a_token_refused_while_a_scheduled_renewal_runs_is_dropped_when_it_fails() {
+        let mut l = Lifecycle::new(
+            TIMING,
+            Some(tok("t", 0, 1000)),
+            Health::default(),
+            None,
+            at(0, 0),
+            0.0,
+        );
+        let due = l.next_attempt().expect("a renewal is planned");
+        let now = Now {
+            wall: (due / 1000) as i64,
+            mono: due,
+        };
+        assert!(l.serve(now.wall).is_some());
+        assert_eq!(l.on(Event::Tick, now, 0.0), vec![Action::Start(SCHEDULED)]);
+        // A client reports the token refused while the renewal is out.
+        assert!(matches!(
+            l.on(invalidate("t"), now, 0.0).as_slice(),
+            [Action::Await(_)]
+        ));
+        let persist = l.on(Event::Finished(failed(ErrorKind::Transient)), now, 0.0);
+        assert!(
+            matches!(persist.as_slice(), [Action::Persist { token: None, .. }]),
+            "{persist:?}"
+        );
+        l.on(Event::Persisted, now, 0.0);
+        assert!(l.serve(now.wall).is_none(), "never served again");
+    }
+
+    #[test]
     fn a_refused_refresh_grant_is_remembered_when_the_login_after_it_fails() {
         let held = Token {
             refresh: Some(Secret::new("rt")),

@@ -584,7 +584,16 @@ impl Sim {
             .map(|m| self.boot + m as i64)
             .filter(|_| self.attempt.is_none());
         let attempt_end = self.attempt.as_ref().map(|a| a.ends);
-        let client = self.real + self.rng.exp_ms(15.0 * 60_000.0);
+        // Clients come every quarter of an hour on average, but often right
+        // after something else happened (a POS retrying after a refusal,
+        // several tills at once): so they also meet attempts in flight and
+        // the short windows after a failure.
+        let client_mean = if self.rng.chance(0.3) {
+            2_000.0
+        } else {
+            15.0 * 60_000.0
+        };
+        let client = self.real + self.rng.exp_ms(client_mean);
         let chaos = self.real + self.rng.exp_ms(6.0 * 3_600_000.0);
         let late = if self.store_late {
             Some(self.real + self.rng.exp_ms(60_000.0))
