@@ -210,7 +210,6 @@ pub fn fresh_or_renewing(refresh_at: i64, now: i64) -> &'static str {
     }
 }
 
-/// The token with its wall-clock stamps moved by `by` seconds.
 /// `t` with the partner's refusal of the refresh grant remembered: its
 /// refresh token, which nothing can use, dropped.
 pub fn without_refresh_grant(t: &Token) -> Token {
@@ -221,6 +220,7 @@ pub fn without_refresh_grant(t: &Token) -> Token {
     }
 }
 
+/// The token with its wall-clock stamps moved by `by` seconds.
 pub fn shifted(t: &Token, by: i64) -> Token {
     Token {
         obtained_at: t.obtained_at.saturating_add(by),

@@ -331,8 +331,19 @@ impl Scheduler {
     fn apply(self: &Arc<Self>, table: &mut Table, name: &str, event: Event) -> Vec<Action> {
         // A jump not yet noticed would otherwise be counted twice by an
         // attempt started here: in its stamps and in the shift it is given.
-        self.observe_clock(table);
-        let now = self.now();
+        let now = self.observe_clock(table);
+        self.apply_at(table, name, event, now)
+    }
+
+    /// [`Self::apply`] at `now`, read when the clock was last observed
+    /// (under the same lock): no jump can come between the two.
+    fn apply_at(
+        self: &Arc<Self>,
+        table: &mut Table,
+        name: &str,
+        event: Event,
+        now: Now,
+    ) -> Vec<Action> {
         let clock_shifted = table.clock.shifted;
         if let Event::Finished(outcome) = &event {
             table.attempts.count(name, outcome);
@@ -501,8 +512,8 @@ impl Scheduler {
             let persist = {
                 let mut table = self.lock();
                 // A clock jump while the partner answered: stamp the token
-                // in the clock's new terms.
-                self.observe_clock(&mut table);
+                // in the clock's new terms (one observation for both).
+                let now = self.observe_clock(&mut table);
                 let jumped = table.clock.shifted - job.clock_shifted;
                 if let Outcome::Token(t) = &mut outcome {
                     if jumped != 0 {
@@ -516,7 +527,7 @@ impl Scheduler {
                 if !current {
                     return;
                 }
-                self.apply(&mut table, name, Event::Finished(outcome))
+                self.apply_at(&mut table, name, Event::Finished(outcome), now)
             };
             let Some(Action::Persist { token, health }) = persist.into_iter().next() else {
                 return;
@@ -553,8 +564,8 @@ impl Scheduler {
                 self.apply(&mut table, name, Event::Persisted);
             }
             if let Some((date, iat, answered)) = partner_time {
-                self.observe_clock(&mut table);
-                let then = now_unix() - answered.elapsed().as_secs() as i64;
+                let now = self.observe_clock(&mut table);
+                let then = now.wall - answered.elapsed().as_secs() as i64;
                 table.learn_skew(name, clock::partner_skew(then, date, iat));
             }
         }
@@ -936,16 +947,11 @@ impl Scheduler {
         }
     }
 
-    /// Why the wall clock is not trusted, when it is not (STATUS shows it).
-    pub fn clock_note(&self) -> Option<String> {
-        let mut table = self.lock();
-        self.observe_clock(&mut table);
-        table.clock_note()
-    }
-
     /// The line for systemd's STATUS=.
     pub fn summary(&self) -> String {
-        self.lock().summary(now_unix())
+        let mut table = self.lock();
+        let now = self.observe_clock(&mut table);
+        table.summary(now.wall)
     }
 
     /// Applies a reloaded config, all or nothing: unchanged providers keep
@@ -1066,12 +1072,19 @@ impl Scheduler {
     }
 
     /// Notices a wall-clock jump (see [`Table::observe_clock`]); the
-    /// refresh thread writes the records it moved.
-    fn observe_clock(&self, table: &mut Table) {
-        table.observe_clock(self.now());
+    /// refresh thread writes the records it moved. Returns the time it
+    /// judged by: one reading of both clocks.
+    fn observe_clock(&self, table: &mut Table) -> Now {
+        let (wall_ms, mono) = (now_unix_ms(), Instant::now());
+        let now = Now {
+            wall: wall_ms.div_euclid(1000),
+            mono: mono.saturating_duration_since(self.origin).as_millis() as u64,
+        };
+        table.observe_clock(wall_ms, mono, now);
         if !table.saves.is_empty() {
             self.cv.notify_all();
         }
+        now
     }
 }
 
@@ -1196,8 +1209,8 @@ impl Table {
     /// that what is served and shown agrees with the clock again. Renewal
     /// deadlines run on the monotonic clock and are not touched: a jump
     /// causes neither a refresh storm nor a token served past its expiry.
-    fn observe_clock(&mut self, now: Now) {
-        let Some(jump) = self.clock.watch.check(now_unix_ms(), Instant::now()) else {
+    fn observe_clock(&mut self, wall_ms: i64, mono: Instant, now: Now) {
+        let Some(jump) = self.clock.watch.check(wall_ms, mono) else {
             return;
         };
         self.clock.shifted += jump;

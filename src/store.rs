@@ -865,8 +865,11 @@ fn open_db(path: &Path) -> Result<sled::Db, StoreError> {
         .open()
         .map_err(|source| {
             if matches!(&source, sled::Error::Io(e) if e.kind() == std::io::ErrorKind::Other) {
-                if let Err(in_use) = probe_lock(path) {
-                    return in_use;
+                // Only a held lock stands in for sled's error: a failing
+                // probe must not hide it.
+                match probe_lock(path) {
+                    Err(in_use) if in_use.is_locked() => return in_use,
+                    _ => {}
                 }
             }
             StoreError {

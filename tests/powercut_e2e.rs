@@ -255,7 +255,8 @@ fn power_cut_during_renewals_never_loses_a_served_token() {
 }
 
 /// The same with a store key (what the package sets up): sealed records,
-/// and refresh tokens kept, so a rotation lost by the cut would show.
+/// with refresh tokens kept in them (a rotation the cut lost costs a login,
+/// which the check allows; a served access token lost it does not).
 #[test]
 fn power_cut_during_renewals_never_loses_a_served_token_of_a_sealed_store() {
     power_cuts(true);
