@@ -556,15 +556,16 @@ impl Scheduler {
         };
         if persisted {
             let mut table = self.lock();
+            // One observation for the event and the partner's time.
+            let now = self.observe_clock(&mut table);
             if table
                 .slots
                 .get(name)
                 .is_some_and(|s| s.generation == job.generation)
             {
-                self.apply(&mut table, name, Event::Persisted);
+                self.apply_at(&mut table, name, Event::Persisted, now);
             }
             if let Some((date, iat, answered)) = partner_time {
-                let now = self.observe_clock(&mut table);
                 let then = now.wall - answered.elapsed().as_secs() as i64;
                 table.learn_skew(name, clock::partner_skew(then, date, iat));
             }
