@@ -476,8 +476,7 @@ impl Scheduler {
                         if refused_before || refused_now {
                             // Remembered with the token (so across restarts):
                             // the next renewals log in at once.
-                            t.refresh_refused = true;
-                            t.refresh = None;
+                            t = lifecycle::without_refresh_grant(&t);
                         } else if job.settings.refresh == RefreshMode::Never {
                             t.refresh = None;
                         }
